@@ -1,0 +1,265 @@
+/* Core endpoints: see api.h. The server API needs the API key (Bearer or
+ * X-API-Key); without a configured key it answers only on loopback. */
+#include "api.h"
+
+#include <jansson.h>
+#include <openssl/crypto.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http.h"
+#include "hub.h"
+#include "log.h"
+#include "metrics.h"
+#include "publish.h"
+
+#define MW_BROADCAST_MAX_TOPICS 1000
+
+static mw_metric_t *m_api_auth;
+
+static int is_loopback(const char *addr) {
+  return strncmp(addr, "127.", 4) == 0 || strcmp(addr, "::1") == 0 ||
+         strncmp(addr, "::ffff:127.", 11) == 0;
+}
+
+/* 1 if the request may use the server API; otherwise answers it. */
+static int api_allowed(mw_http_request_t *req) {
+  const char *key = mw__config_string(mw__server()->cfg, "api_key", NULL);
+  if (!key || !*key) {
+    if (is_loopback(mw__http_remote_addr(req))) return 1;
+    mw__metric_add(m_api_auth, 1);
+    mw__http_respond_json(req, 403,
+                          "{\"error\":\"no API key configured: the server API "
+                          "answers only on loopback\"}");
+    return 0;
+  }
+  const char *given = NULL;
+  const char *auth = mw__http_header(req, "authorization");
+  if (auth && strncasecmp(auth, "Bearer ", 7) == 0) given = auth + 7;
+  if (!given) given = mw__http_header(req, "x-api-key");
+  size_t kl = strlen(key);
+  if (given && strlen(given) == kl && CRYPTO_memcmp(given, key, kl) == 0)
+    return 1;
+  mw__metric_add(m_api_auth, 1);
+  mw__http_respond(req, 401, "application/json",
+                   "WWW-Authenticate: Bearer\r\n",
+                   "{\"error\":\"missing or wrong API key\"}", 35);
+  return 0;
+}
+
+static void respond_error(mw_http_request_t *req, int status,
+                          const char *reason) {
+  json_t *o = json_pack("{s:s}", "error", reason ? reason : "error");
+  char *text = json_dumps(o, JSON_COMPACT);
+  mw__http_respond_json(req, status, text);
+  free(text);
+  json_decref(o);
+}
+
+/* Parses the body as a JSON object or answers 400. */
+static json_t *body_object(mw_http_request_t *req) {
+  mw_bytes_t body = mw__http_body(req);
+  json_error_t jerr;
+  json_t *root = json_loadb(body.data, body.len, JSON_REJECT_DUPLICATES, &jerr);
+  if (!json_is_object(root)) {
+    char reason[200];
+    snprintf(reason, sizeof reason, "body must be a JSON object%s%s",
+             root ? "" : ": ", root ? "" : jerr.text);
+    respond_error(req, 400, reason);
+    json_decref(root);
+    return NULL;
+  }
+  return root;
+}
+
+/* --- POST /api/publish -------------------------------------------------- */
+
+static void on_published(int status, const mw_event_t *ev, const char *reason,
+                         void *ud) {
+  mw_http_request_t *req = ud;
+  if (status) {
+    respond_error(req, mw__publish_http_status(status), reason);
+    return;
+  }
+  char id[320];
+  snprintf(id, sizeof id, "%s:%llu", ev->topic, (unsigned long long)ev->seq);
+  json_t *o = json_pack("{s:s,s:I,s:s,s:s}", "id", id, "seq",
+                        (json_int_t)ev->seq, "topic", ev->topic, "trace_id",
+                        ev->trace_id);
+  char *text = json_dumps(o, JSON_COMPACT);
+  mw__http_respond_json(req, 200, text);
+  free(text);
+  json_decref(o);
+}
+
+static const char *opt_string(json_t *root, const char *key, int *bad) {
+  json_t *v = json_object_get(root, key);
+  if (!v || json_is_null(v)) return NULL;
+  if (!json_is_string(v)) *bad = 1;
+  return json_string_value(v);
+}
+
+static void api_publish(mw_http_request_t *req, void *unused) {
+  if (!api_allowed(req)) return;
+  json_t *root = body_object(req);
+  if (!root) return;
+  int bad = 0;
+  const char *topic = opt_string(root, "topic", &bad);
+  const char *event = opt_string(root, "event", &bad);
+  const char *trace = opt_string(root, "trace_id", &bad);
+  json_t *data = json_object_get(root, "data");
+  if (bad || !topic || !event || (data && !json_is_object(data))) {
+    respond_error(req, 400,
+                  "expected {\"topic\":string, \"event\":string, "
+                  "\"data\":object, \"trace_id\":optional string}");
+    json_decref(root);
+    return;
+  }
+  mw__publish_json(mw__http_worker(req), topic, event, trace, data, NULL,
+                   on_published, req);
+  json_decref(root);
+}
+
+/* --- POST /api/broadcast ------------------------------------------------ */
+
+typedef struct broadcast broadcast_t;
+
+typedef struct broadcast_slot {
+  broadcast_t *b;
+  size_t index;
+} broadcast_slot_t;
+
+struct broadcast {
+  mw_http_request_t *req;
+  json_t *results;
+  size_t pending;
+  int first_error;
+  broadcast_slot_t *slots;
+};
+
+static void on_broadcast_one(int status, const mw_event_t *ev,
+                             const char *reason, void *ud) {
+  broadcast_slot_t *sl = ud;
+  broadcast_t *b = sl->b;
+  json_t *slot = json_array_get(b->results, sl->index);
+  if (status) {
+    json_object_set_new(slot, "error", json_string(reason ? reason : "error"));
+    if (!b->first_error) b->first_error = status;
+  } else {
+    char id[320];
+    snprintf(id, sizeof id, "%s:%llu", ev->topic, (unsigned long long)ev->seq);
+    json_object_set_new(slot, "seq", json_integer((json_int_t)ev->seq));
+    json_object_set_new(slot, "id", json_string(id));
+  }
+  if (--b->pending) return;
+  json_t *o = json_pack("{s:O}", "results", b->results);
+  char *text = json_dumps(o, JSON_COMPACT);
+  mw__http_respond_json(
+      b->req, b->first_error ? mw__publish_http_status(b->first_error) : 200,
+      text);
+  free(text);
+  json_decref(o);
+  json_decref(b->results);
+  free(b->slots);
+  free(b);
+}
+
+static void api_broadcast(mw_http_request_t *req, void *unused) {
+  if (!api_allowed(req)) return;
+  json_t *root = body_object(req);
+  if (!root) return;
+  int bad = 0;
+  json_t *topics = json_object_get(root, "topics");
+  const char *event = opt_string(root, "event", &bad);
+  const char *trace = opt_string(root, "trace_id", &bad);
+  json_t *data = json_object_get(root, "data");
+  size_t n = json_array_size(topics);
+  if (bad || !event || !json_is_array(topics) || n == 0 ||
+      (data && !json_is_object(data))) {
+    respond_error(req, 400,
+                  "expected {\"topics\":[string,...], \"event\":string, "
+                  "\"data\":object}");
+    json_decref(root);
+    return;
+  }
+  if (n > MW_BROADCAST_MAX_TOPICS) {
+    respond_error(req, 400, "at most 1000 topics per broadcast");
+    json_decref(root);
+    return;
+  }
+  for (size_t i = 0; i < n; i++) {
+    json_t *t = json_array_get(topics, i);
+    if (!json_is_string(t) || !mw__topic_valid(json_string_value(t),
+                                               json_string_length(t))) {
+      respond_error(req, 400, "topics: every topic must be a valid topic name");
+      json_decref(root);
+      return;
+    }
+  }
+  /* One data object for every topic: one timestamp, shared, immutable. */
+  json_t *shared = data ? json_deep_copy(data) : json_object();
+  broadcast_t *b = mw_xcalloc(1, sizeof *b);
+  b->req = req;
+  b->results = json_array();
+  b->pending = n;
+  b->slots = mw_xcalloc(n, sizeof *b->slots);
+  for (size_t i = 0; i < n; i++) {
+    b->slots[i].b = b;
+    b->slots[i].index = i;
+  }
+  for (size_t i = 0; i < n; i++)
+    json_array_append_new(b->results,
+                          json_pack("{s:O}", "topic", json_array_get(topics, i)));
+  /* Callbacks may run synchronously and free b after the last one. */
+  mw_worker_t *w = mw__http_worker(req);
+  for (size_t i = 0; i < n; i++)
+    mw__publish_json(w, json_string_value(json_array_get(topics, i)), event,
+                     trace, shared, NULL, on_broadcast_one, &b->slots[i]);
+  json_decref(shared);
+  json_decref(root);
+}
+
+/* --- GET /healthz, /metrics, / ------------------------------------------ */
+
+static void healthz(mw_http_request_t *req, void *unused) {
+  mw_worker_t *w = mw__http_worker(req);
+  if (w->draining) {
+    mw__http_respond_json(req, 503, "{\"status\":\"draining\"}");
+    return;
+  }
+  if (!mw__storage()->healthy(mw__storage_wstate(w))) {
+    mw__http_respond_json(req, 503, "{\"status\":\"storage unavailable\"}");
+    return;
+  }
+  mw__http_respond_json(req, 200, "{\"status\":\"ok\"}");
+}
+
+static void metrics(mw_http_request_t *req, void *unused) {
+  size_t len;
+  char *text = mw__metrics_render(&len);
+  mw__http_respond(req, 200, "text/plain; version=0.0.4", NULL, text, len);
+  free(text);
+}
+
+static void index_page(mw_http_request_t *req, void *unused) {
+  static const char page[] =
+      "<!doctype html><html><head><meta charset=\"utf-8\">"
+      "<title>moonwire</title></head><body><h1>moonwire</h1>"
+      "<p>The server is running. WebSocket endpoint: <code>/ws</code>; "
+      "server API: <code>POST /api/publish</code>; metrics: "
+      "<a href=\"/metrics\">/metrics</a>.</p></body></html>";
+  mw__http_respond(req, 200, "text/html; charset=utf-8", NULL, page,
+                   sizeof page - 1);
+}
+
+void mw__api_register(mw_server_t *s) {
+  m_api_auth = mw__metric(MW_METRIC_COUNTER, "moonwire_rejected_total",
+                          "Requests or connections rejected, by reason",
+                          "reason=\"api_auth\"");
+  mw__server_route(s, "POST", "/api/publish", api_publish, NULL);
+  mw__server_route(s, "POST", "/api/broadcast", api_broadcast, NULL);
+  mw__server_route(s, "GET", "/healthz", healthz, NULL);
+  mw__server_route(s, "GET", "/metrics", metrics, NULL);
+  mw__server_route(s, "GET", "/", index_page, NULL);
+}

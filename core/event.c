@@ -1,0 +1,144 @@
+/* Events: see event.h. An event is one allocation of the public struct plus
+ * its private tail; the wire forms are encoded once, at sealing. */
+#include "event.h"
+
+#include <msgpack.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec.h"
+#include "log.h"
+#include "moonwire/errno.h"
+
+typedef struct event_impl {
+  mw_event_t pub; /* first: a mw_event_t* is an event_impl* */
+  _Atomic unsigned refs;
+  json_t *data;
+  char *topic;
+  char *name;
+  char *trace_id;
+  char *epoch;
+  char *data_text;
+  char *wire_json;
+  char *wire_msgpack;
+} event_impl_t;
+
+mw_event_t *mw__event_draft(const char *topic, const char *name,
+                            const char *trace_id, json_t *data) {
+  event_impl_t *e = mw_xcalloc(1, sizeof *e);
+  atomic_init(&e->refs, 1);
+  e->topic = mw_xstrdup(topic);
+  e->name = mw_xstrdup(name);
+  e->trace_id = trace_id ? mw_xstrdup(trace_id) : NULL;
+  e->data = data ? data : json_object();
+  e->pub.topic = e->topic;
+  e->pub.name = e->name;
+  e->pub.trace_id = e->trace_id;
+  return &e->pub;
+}
+
+int mw__event_seal(mw_event_t *ev, uint64_t seq, const char *epoch) {
+  event_impl_t *e = (event_impl_t *)ev;
+  if (e->wire_json || seq == 0) return MW_EINVAL;
+  char id[32];
+  snprintf(id, sizeof id, ":%llu", (unsigned long long)seq);
+  size_t tl = strlen(e->topic);
+  char *full_id = mw_xmalloc(tl + strlen(id) + 1);
+  memcpy(full_id, e->topic, tl);
+  strcpy(full_id + tl, id);
+
+  json_t *env = json_object();
+  json_object_set_new(env, "type", json_string("event"));
+  json_object_set_new(env, "topic", json_string(e->topic));
+  json_object_set_new(env, "event", json_string(e->name));
+  json_object_set_new(env, "seq", json_integer((json_int_t)seq));
+  json_object_set_new(env, "id", json_string(full_id));
+  json_object_set(env, "data", e->data);
+  if (e->trace_id) json_object_set_new(env, "trace_id", json_string(e->trace_id));
+  free(full_id);
+
+  char *text = json_dumps(env, JSON_COMPACT);
+  msgpack_sbuffer sb;
+  msgpack_sbuffer_init(&sb);
+  msgpack_packer pk;
+  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+  int rc = mw_codec_pack_json(&pk, env);
+  json_decref(env);
+  if (!text || rc) {
+    free(text);
+    msgpack_sbuffer_destroy(&sb);
+    return MW_EINVAL;
+  }
+  e->data_text = json_dumps(e->data, JSON_COMPACT);
+  if (!e->data_text) mw_oom();
+  e->wire_json = text;
+  e->wire_msgpack = sb.data; /* msgpack_sbuffer memory is malloc'd */
+  e->epoch = mw_xstrdup(epoch ? epoch : "");
+  ev->seq = seq;
+  ev->epoch = e->epoch;
+  ev->data_json.data = e->data_text;
+  ev->data_json.len = strlen(e->data_text);
+  ev->wire[MW_WIRE_JSON].data = text;
+  ev->wire[MW_WIRE_JSON].len = strlen(text);
+  ev->wire[MW_WIRE_MSGPACK].data = sb.data;
+  ev->wire[MW_WIRE_MSGPACK].len = sb.size;
+  return 0;
+}
+
+int mw__event_parse(const char *json, size_t len, const char *epoch,
+                    mw_event_t **out) {
+  *out = NULL;
+  json_error_t jerr;
+  json_t *root = json_loadb(json, len, 0, &jerr);
+  if (!root) return MW_EINVAL;
+  const char *type = json_string_value(json_object_get(root, "type"));
+  const char *topic = json_string_value(json_object_get(root, "topic"));
+  const char *name = json_string_value(json_object_get(root, "event"));
+  const char *trace = json_string_value(json_object_get(root, "trace_id"));
+  json_t *seq = json_object_get(root, "seq");
+  json_t *data = json_object_get(root, "data");
+  if (!type || strcmp(type, "event") || !topic || !name ||
+      !json_is_integer(seq) || json_integer_value(seq) < 1 ||
+      !json_is_object(data)) {
+    json_decref(root);
+    return MW_EINVAL;
+  }
+  mw_event_t *ev = mw__event_draft(topic, name, trace, json_incref(data));
+  int rc = mw__event_seal(ev, (uint64_t)json_integer_value(seq), epoch);
+  json_decref(root);
+  if (rc) {
+    mw_event_unref(&ev);
+    return rc;
+  }
+  *out = ev;
+  return 0;
+}
+
+const json_t *mw__event_data(const mw_event_t *ev) {
+  return ((const event_impl_t *)ev)->data;
+}
+
+mw_event_t *mw_event_ref(mw_event_t *ev) {
+  atomic_fetch_add_explicit(&((event_impl_t *)ev)->refs, 1,
+                            memory_order_relaxed);
+  return ev;
+}
+
+void mw_event_unref(mw_event_t **evp) {
+  event_impl_t *e = (event_impl_t *)*evp;
+  *evp = NULL;
+  if (!e) return;
+  if (atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) != 1)
+    return;
+  json_decref(e->data);
+  free(e->topic);
+  free(e->name);
+  free(e->trace_id);
+  free(e->epoch);
+  free(e->data_text);
+  free(e->wire_json);
+  free(e->wire_msgpack);
+  free(e);
+}

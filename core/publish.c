@@ -1,0 +1,160 @@
+/* The publish pipeline: see publish.h. */
+#include "publish.h"
+
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+
+#include "codec.h"
+#include "event.h"
+#include "hub.h"
+#include "log.h"
+#include "metrics.h"
+#include "server.h"
+
+#define MW_EVENT_NAME_MAX 128
+#define MW_TRACE_ID_MAX 64
+
+static mw_metric_t *m_published, *m_err_invalid, *m_err_unavail, *m_err_other;
+
+void mw__publish_metrics_init(void) {
+  m_published = mw__metric(MW_METRIC_COUNTER, "moonwire_events_published_total",
+                           "Events stored and fanned out", NULL);
+  m_err_invalid = mw__metric(MW_METRIC_COUNTER, "moonwire_events_dropped_total",
+                             "Events not published or not delivered, by reason",
+                             "reason=\"invalid\"");
+  m_err_unavail = mw__metric(MW_METRIC_COUNTER, "moonwire_events_dropped_total",
+                             NULL, "reason=\"storage_unavailable\"");
+  m_err_other = mw__metric(MW_METRIC_COUNTER, "moonwire_events_dropped_total",
+                           NULL, "reason=\"storage_error\"");
+}
+
+void mw__iso_now(char out[32]) {
+  struct timeval tv;
+  gettimeofday(&tv, NULL);
+  struct tm tm;
+  gmtime_r(&tv.tv_sec, &tm);
+  size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
+  snprintf(out + n, 32 - n, ".%03dZ", (int)(tv.tv_usec / 1000));
+}
+
+int mw__publish_http_status(int code) {
+  switch (code) {
+  case MW_EINVAL: return 400;
+  case MW_EDENIED: return 403;
+  case MW_ETOOBIG: return 413;
+  case MW_ELIMIT: return 429;
+  case MW_EUNAVAIL: return 503;
+  case MW_ECANCELED: return 503;
+  default: return 500;
+  }
+}
+
+static int name_valid(const char *s) {
+  size_t n = strlen(s);
+  if (n == 0 || n > MW_EVENT_NAME_MAX) return 0;
+  for (size_t i = 0; i < n; i++)
+    if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) return 0;
+  return mw_codec_utf8_valid(s, n);
+}
+
+static int trace_valid(const char *s) {
+  size_t n = strlen(s);
+  if (n == 0 || n > MW_TRACE_ID_MAX) return 0;
+  for (size_t i = 0; i < n; i++) {
+    char ch = s[i];
+    if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') ||
+          (ch >= 'A' && ch <= 'Z') || ch == '-' || ch == '_' || ch == '.' ||
+          ch == ':'))
+      return 0;
+  }
+  return 1;
+}
+
+typedef struct publish_op {
+  mw_publish_cb cb;
+  void *ud;
+  mw_event_t *draft; /* our reference until the storage answers */
+} publish_op_t;
+
+static void on_stored(int status, mw_event_t *sealed, void *ud) {
+  publish_op_t *op = ud;
+  if (status == 0) {
+    mw__metric_add(m_published, 1);
+    mw_log(MW_LOG_DEBUG, "publish", "topic=%s event=%s seq=%llu trace_id=%s",
+           sealed->topic, sealed->name, (unsigned long long)sealed->seq,
+           sealed->trace_id);
+    op->cb(0, sealed, NULL, op->ud);
+  } else {
+    mw__metric_add(status == MW_EUNAVAIL ? m_err_unavail : m_err_other, 1);
+    mw_log(MW_LOG_WARN, "publish", "topic=%s trace_id=%s failed: %s",
+           op->draft->topic, op->draft->trace_id, mw_strerror(status));
+    op->cb(status, NULL, mw_strerror(status), op->ud);
+  }
+  mw_event_unref(&op->draft);
+  free(op);
+}
+
+static int invalid(mw_publish_cb cb, void *ud, const char *reason) {
+  mw__metric_add(m_err_invalid, 1);
+  cb(MW_EINVAL, NULL, reason, ud);
+  return 0;
+}
+
+int mw__publish_json(mw_worker_t *w, const char *topic, const char *event,
+                     const char *trace_id, json_t *data, mw_client_t *origin,
+                     mw_publish_cb cb, void *ud) {
+  if (!topic || !mw__topic_valid(topic, strlen(topic)))
+    return invalid(cb, ud, "topic: 1..256 bytes of UTF-8 without spaces, "
+                           "control characters or commas");
+  if (!event || !name_valid(event))
+    return invalid(cb, ud, "event: 1..128 bytes of UTF-8 text");
+  if (data && !json_is_object(data))
+    return invalid(cb, ud, "data: must be an object");
+  if (trace_id && !trace_valid(trace_id))
+    return invalid(cb, ud, "trace_id: 1..64 characters of [A-Za-z0-9-_.:]");
+  char trace[40];
+  if (!trace_id) {
+    unsigned char rnd[8];
+    if (RAND_bytes(rnd, sizeof rnd) != 1) mw_oom();
+    for (int i = 0; i < 8; i++) snprintf(trace + 2 * i, 3, "%02x", rnd[i]);
+    trace_id = trace;
+  }
+  json_t *d = data ? json_incref(data) : json_object();
+  if (!json_object_get(d, "timestamp")) {
+    char ts[32];
+    mw__iso_now(ts);
+    json_object_set_new(d, "timestamp", json_string(ts));
+  }
+  publish_op_t *op = mw_xcalloc(1, sizeof *op);
+  op->cb = cb;
+  op->ud = ud;
+  op->draft = mw__event_draft(topic, event, trace_id, d);
+  const mw_storage_v1_t *st = mw__storage();
+  int rc = st->publish(mw__storage_wstate(w), op->draft, on_stored, op);
+  if (rc) on_stored(rc, NULL, op); /* the storage's callback will not fire */
+  return 0;
+}
+
+int mw__publish(mw_worker_t *w, const mw_publish_req_t *req,
+                mw_client_t *origin, mw_publish_cb cb, void *ud) {
+  json_t *data = NULL;
+  if (req->data_json && req->data_len) {
+    json_error_t jerr;
+    data = json_loadb(req->data_json, req->data_len, 0, &jerr);
+    if (!data) return invalid(cb, ud, "data: malformed JSON");
+  }
+  int rc = mw__publish_json(w, req->topic, req->event, req->trace_id, data,
+                            origin, cb, ud);
+  json_decref(data);
+  return rc;
+}
+
+int mw__topic_position(mw_worker_t *w, const char *topic, mw_position_cb cb,
+                       void *ud) {
+  if (!topic || !mw__topic_valid(topic, strlen(topic))) return MW_EINVAL;
+  return mw__storage()->position(mw__storage_wstate(w), topic, cb, ud);
+}

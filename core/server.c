@@ -1,0 +1,494 @@
+/* The server: see server.h.
+ *
+ * The main thread parses the configuration, loads plugins, binds one
+ * listening socket per worker (SO_REUSEPORT when there are several), starts
+ * the worker threads and then only waits for signals. Each worker runs its
+ * own loop, connections and hub; a published event reaches the other loops
+ * through their inboxes (a locked array + uv_async), one reference each. */
+#include "server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <openssl/rand.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "api.h"
+#include "conn.h"
+#include "event.h"
+#include "host.h"
+#include "hub.h"
+#include "log.h"
+#include "metrics.h"
+#include "publish.h"
+
+#ifndef MW_DEFAULT_PLUGIN_DIR
+#define MW_DEFAULT_PLUGIN_DIR "plugins"
+#endif
+
+static mw_server_t *g_server;
+static _Atomic unsigned workers_done;
+
+mw_server_t *mw__server(void) {
+  return g_server;
+}
+
+/* --- routes ------------------------------------------------------------- */
+
+int mw__server_route(mw_server_t *s, const char *method, const char *path,
+                     mw_route_fn fn, struct mw_plugin_handle *plugin) {
+  if (s->routes_frozen || strlen(method) >= sizeof s->routes[0].method ||
+      strlen(path) >= sizeof s->routes[0].path)
+    return MW_EINVAL;
+  for (size_t i = 0; i < s->nroutes; i++)
+    if (!strcmp(s->routes[i].method, method) && !strcmp(s->routes[i].path, path))
+      return MW_EEXIST;
+  s->routes = mw_xrealloc(s->routes, (s->nroutes + 1) * sizeof *s->routes);
+  mw_route_t *r = &s->routes[s->nroutes++];
+  snprintf(r->method, sizeof r->method, "%s", method);
+  snprintf(r->path, sizeof r->path, "%s", path);
+  r->fn = fn;
+  r->plugin = plugin;
+  return 0;
+}
+
+const mw_route_t *mw__server_find_route(const char *method, const char *path,
+                                        int *path_known) {
+  mw_server_t *s = g_server;
+  *path_known = 0;
+  for (size_t i = 0; i < s->nroutes; i++) {
+    if (strcmp(s->routes[i].path, path)) continue;
+    *path_known = 1;
+    if (!strcmp(s->routes[i].method, method)) return &s->routes[i];
+    /* HEAD is answered like GET would be only by handlers that care. */
+  }
+  return NULL;
+}
+
+void *mw__server_wstate(mw_worker_t *w, struct mw_plugin_handle *plugin) {
+  return plugin->wstates[w->id];
+}
+
+const mw_storage_v1_t *mw__storage(void) {
+  return g_server->storage->def.storage;
+}
+
+void *mw__storage_wstate(mw_worker_t *w) {
+  return g_server->storage->wstates[w->id];
+}
+
+/* --- fan-out across workers --------------------------------------------- */
+
+void mw__server_fanout(mw_event_t *ev) {
+  mw_server_t *s = g_server;
+  for (unsigned i = 0; i < s->nworkers; i++) {
+    mw_worker_t *w = &s->workers[i];
+    uv_mutex_lock(&w->inbox_lock);
+    if (w->inbox_cap != SIZE_MAX) { /* SIZE_MAX: the worker has stopped */
+      if (w->inbox_len == w->inbox_cap) {
+        w->inbox_cap = w->inbox_cap ? w->inbox_cap * 2 : 64;
+        w->inbox = mw_xrealloc(w->inbox, w->inbox_cap * sizeof *w->inbox);
+      }
+      w->inbox[w->inbox_len++] = mw_event_ref(ev);
+      uv_async_send(&w->wakeup);
+    }
+    uv_mutex_unlock(&w->inbox_lock);
+  }
+}
+
+static void drain_inbox(mw_worker_t *w) {
+  uv_mutex_lock(&w->inbox_lock);
+  mw_event_t **batch = w->inbox;
+  size_t n = w->inbox_len;
+  if (w->inbox_cap != SIZE_MAX) {
+    w->inbox = NULL;
+    w->inbox_len = w->inbox_cap = 0;
+  }
+  uv_mutex_unlock(&w->inbox_lock);
+  if (w->inbox_cap == SIZE_MAX) return;
+  for (size_t i = 0; i < n; i++) {
+    if (w->hub) mw__hub_deliver(w->hub, batch[i]);
+    mw_event_unref(&batch[i]);
+  }
+  free(batch);
+}
+
+/* --- worker lifecycle --------------------------------------------------- */
+
+static void on_connection(uv_stream_t *server, int status) {
+  mw_worker_t *w = server->data;
+  if (status < 0) {
+    mw_log(MW_LOG_WARN, "server", "accept: %s", uv_strerror(status));
+    return;
+  }
+  mw__conn_accept(w, server);
+}
+
+static void on_flush(uv_prepare_t *p) {
+  mw__conn_flush_dirty(p->data);
+}
+
+static void close_listener(mw_worker_t *w) {
+  if (!uv_is_closing((uv_handle_t *)&w->listener))
+    uv_close((uv_handle_t *)&w->listener, NULL);
+}
+
+/* Last step on a worker: every connection is gone. */
+static void worker_finish(mw_worker_t *w) {
+  mw_server_t *s = w->server;
+  for (size_t i = s->plugins.count; i-- > 0;) {
+    struct mw_plugin_handle *p = s->plugins.items[i];
+    if (p->initialized && p->wstates[w->id] != NULL && p->def.worker_stop)
+      p->def.worker_stop(p->wstates[w->id]);
+    p->wstates[w->id] = NULL;
+  }
+  /* Close the inbox: later fan-outs skip this worker. */
+  uv_mutex_lock(&w->inbox_lock);
+  for (size_t i = 0; i < w->inbox_len; i++) mw_event_unref(&w->inbox[i]);
+  free(w->inbox);
+  w->inbox = NULL;
+  w->inbox_len = 0;
+  w->inbox_cap = SIZE_MAX;
+  uv_mutex_unlock(&w->inbox_lock);
+  mw__hub_free(w->hub);
+  w->hub = NULL;
+  uv_close((uv_handle_t *)&w->wakeup, NULL);
+  uv_close((uv_handle_t *)&w->flush, NULL);
+  uv_close((uv_handle_t *)&w->drain_timer, NULL);
+}
+
+static void on_drain_tick(uv_timer_t *t) {
+  mw_worker_t *w = t->data;
+  if (w->conn_count == 0) {
+    uv_timer_stop(t);
+    worker_finish(w);
+  }
+}
+
+static void worker_stop(mw_worker_t *w) {
+  if (w->stopping) return;
+  w->stopping = 1;
+  w->draining = 1;
+  close_listener(w);
+  mw__conn_close_all(w, 2);
+  uv_timer_start(&w->drain_timer, on_drain_tick, 0, 10);
+}
+
+static void worker_drain(mw_worker_t *w) {
+  if (w->draining) return;
+  w->draining = 1;
+  close_listener(w);
+  mw_server_t *s = w->server;
+  for (size_t i = 0; i < s->plugins.count; i++) {
+    struct mw_plugin_handle *p = s->plugins.items[i];
+    if (p->initialized && p->def.worker_drain && p->wstates[w->id])
+      p->def.worker_drain(p->wstates[w->id]);
+  }
+  mw__conn_close_all(w, 0);
+  uv_timer_start(&w->drain_timer, on_drain_tick, 0, 20);
+}
+
+static void on_wakeup(uv_async_t *a) {
+  mw_worker_t *w = a->data;
+  int cmd = atomic_exchange(&w->command, 0);
+  drain_inbox(w);
+  if (cmd & MW_WORKER_CMD_STOP)
+    worker_stop(w);
+  else if (cmd & MW_WORKER_CMD_DRAIN)
+    worker_drain(w);
+}
+
+static void worker_send(mw_worker_t *w, int cmd) {
+  atomic_fetch_or(&w->command, cmd);
+  uv_mutex_lock(&w->inbox_lock);
+  if (w->inbox_cap != SIZE_MAX) uv_async_send(&w->wakeup);
+  uv_mutex_unlock(&w->inbox_lock);
+}
+
+static void worker_main(void *arg) {
+  mw_worker_t *w = arg;
+  mw_server_t *s = w->server;
+  int rc = 0;
+  uv_loop_init(&w->loop);
+  uv_async_init(&w->loop, &w->wakeup, on_wakeup);
+  w->wakeup.data = w;
+  uv_prepare_init(&w->loop, &w->flush);
+  w->flush.data = w;
+  uv_prepare_start(&w->flush, on_flush);
+  uv_timer_init(&w->loop, &w->drain_timer);
+  w->drain_timer.data = w;
+  uv_tcp_init(&w->loop, &w->listener);
+  w->listener.data = w;
+  w->hub = mw__hub_new(w);
+  rc = uv_tcp_open(&w->listener, w->listen_fd);
+  if (!rc) rc = uv_listen((uv_stream_t *)&w->listener, 1024, on_connection);
+  if (rc)
+    mw_log(MW_LOG_ERROR, "server", "worker %u: listen: %s", w->id,
+           uv_strerror(rc));
+  for (size_t i = 0; !rc && i < s->plugins.count; i++) {
+    struct mw_plugin_handle *p = s->plugins.items[i];
+    if (!p->initialized || !p->def.worker_start) continue;
+    rc = p->def.worker_start(p->state, w, &p->wstates[w->id]);
+    if (rc)
+      mw_log(MW_LOG_ERROR, "server", "worker %u: plugin '%s' failed to start: %s",
+             w->id, p->def.name, mw_strerror(rc));
+  }
+  w->start_status = rc;
+  uv_sem_post(&s->ready);
+  if (rc) {
+    /* Unwind what started: the main thread stops the other workers. */
+    w->stopping = 1;
+    close_listener(w);
+    worker_finish(w);
+  }
+  uv_run(&w->loop, UV_RUN_DEFAULT);
+  int crc = uv_loop_close(&w->loop);
+  if (crc) mw_log(MW_LOG_WARN, "server", "worker %u: loop not closed: %s",
+                  w->id, uv_strerror(crc));
+  free(w->read_buf);
+  w->read_buf = NULL;
+  workers_done++;
+}
+
+/* --- listening sockets -------------------------------------------------- */
+
+static int bind_socket(const char *host, int port, int reuseport, int *out_fd,
+                       int *out_port) {
+  struct sockaddr_storage ss;
+  memset(&ss, 0, sizeof ss);
+  if (!strcmp(host, "localhost")) host = "127.0.0.1";
+  int family = strchr(host, ':') ? AF_INET6 : AF_INET;
+  int rc = family == AF_INET6
+               ? uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss)
+               : uv_ip4_addr(host, port, (struct sockaddr_in *)&ss);
+  if (rc) return rc;
+  int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -errno;
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (reuseport &&
+      setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) {
+    rc = -errno;
+    close(fd);
+    return rc;
+  }
+  socklen_t sl = family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                    : sizeof(struct sockaddr_in);
+  if (bind(fd, (struct sockaddr *)&ss, sl) < 0) {
+    rc = -errno;
+    close(fd);
+    return rc;
+  }
+  sl = sizeof ss;
+  getsockname(fd, (struct sockaddr *)&ss, &sl);
+  *out_port = ntohs(family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                       : ((struct sockaddr_in *)&ss)->sin_port);
+  *out_fd = fd;
+  return 0;
+}
+
+/* --- main thread: signals and drain ------------------------------------- */
+
+static void on_workers_poll(uv_timer_t *t) {
+  mw_server_t *s = g_server;
+  if (workers_done < s->nworkers) return;
+  uv_close((uv_handle_t *)&s->sig_term, NULL);
+  uv_close((uv_handle_t *)&s->sig_int, NULL);
+  uv_close((uv_handle_t *)&s->sig_hup, NULL);
+  uv_close((uv_handle_t *)&s->drain_deadline, NULL);
+  uv_close((uv_handle_t *)t, NULL);
+}
+
+static uv_timer_t workers_poll;
+
+static void on_drain_deadline(uv_timer_t *t) {
+  mw_server_t *s = g_server;
+  mw_log(MW_LOG_WARN, "server", "drain timeout: closing what is left");
+  for (unsigned i = 0; i < s->nworkers; i++)
+    worker_send(&s->workers[i], MW_WORKER_CMD_STOP);
+}
+
+static void begin_shutdown(mw_server_t *s, int force) {
+  if (s->draining && !force) force = 1; /* a second signal: stop now */
+  if (!s->draining) {
+    s->draining = 1;
+    uv_timer_start(&workers_poll, on_workers_poll, 10, 10);
+  }
+  if (force) {
+    for (unsigned i = 0; i < s->nworkers; i++)
+      worker_send(&s->workers[i], MW_WORKER_CMD_STOP);
+    return;
+  }
+  int64_t secs = mw__config_int(s->cfg, "drain_timeout", 10);
+  mw_log(MW_LOG_INFO, "server", "draining (up to %lld s)", (long long)secs);
+  uv_timer_start(&s->drain_deadline, on_drain_deadline, (uint64_t)secs * 1000,
+                 0);
+  for (unsigned i = 0; i < s->nworkers; i++)
+    worker_send(&s->workers[i], MW_WORKER_CMD_DRAIN);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+  mw_server_t *s = g_server;
+  if (signum == SIGHUP) {
+    mw_log(MW_LOG_WARN, "server",
+           "SIGHUP: policy reload is not available yet (Lua policy engine)");
+    return;
+  }
+  begin_shutdown(s, 0);
+}
+
+/* --- plugins ------------------------------------------------------------ */
+
+static const char *plugin_dir(const mw_config_t *cfg) {
+  const char *dir = mw__config_string(cfg, "plugin_dir", NULL);
+  if (dir) return dir;
+  struct stat st;
+  if (stat(MW_DEFAULT_PLUGIN_DIR, &st) == 0) return MW_DEFAULT_PLUGIN_DIR;
+  return MW_INSTALL_PLUGIN_DIR;
+}
+
+/* Loads and inits the plugins. Returns 0, or an exit code (1 or 2). */
+static int plugins_start(mw_server_t *s) {
+  char err[512];
+  const char *dir = plugin_dir(s->cfg);
+  if (mw__plugin_load_dir(dir, &s->plugins, err, sizeof err)) {
+    mw_log(MW_LOG_ERROR, "plugins", "%s", err);
+    return 1;
+  }
+  const char *storage = mw__config_string(s->cfg, "storage", "memory");
+  s->storage = mw__plugin_find(&s->plugins, MW_PLUGIN_STORAGE, storage);
+  if (!s->storage) {
+    fprintf(stderr,
+            "moonwire: --storage %s: not available (no storage plugin named "
+            "'%s' in %s)\n",
+            storage, storage, dir);
+    return 2;
+  }
+  for (size_t i = 0; i < s->plugins.count; i++) {
+    struct mw_plugin_handle *p = s->plugins.items[i];
+    p->wstates = mw_xcalloc(s->nworkers, sizeof *p->wstates);
+    if (p->def.kind == MW_PLUGIN_STORAGE && p != s->storage) continue;
+    int rc = p->def.init(mw__host(), p, &p->state);
+    if (rc) {
+      mw_log(MW_LOG_ERROR, "plugins", "plugin '%s' (%s) failed to init: %s",
+             p->def.name, p->path, mw_strerror(rc));
+      return 1;
+    }
+    p->initialized = 1;
+    mw_log(MW_LOG_INFO, "plugins", "loaded %s plugin '%s' %s",
+           p->def.kind == MW_PLUGIN_STORAGE ? "storage" : "transport",
+           p->def.name, p->def.version ? p->def.version : "");
+  }
+  return 0;
+}
+
+static void plugins_stop(mw_server_t *s) {
+  for (size_t i = s->plugins.count; i-- > 0;) {
+    struct mw_plugin_handle *p = s->plugins.items[i];
+    if (p->initialized && p->def.destroy) p->def.destroy(p->state);
+    free(p->wstates);
+    p->wstates = NULL;
+  }
+  mw__plugin_list_free(&s->plugins);
+}
+
+/* --- run ---------------------------------------------------------------- */
+
+int mw__server_run(mw_config_t *cfg) {
+  mw_server_t *s = mw_xcalloc(1, sizeof *s);
+  g_server = s;
+  s->cfg = cfg;
+  s->nworkers = (unsigned)cfg->workers;
+  int exit_code = 0;
+  signal(SIGPIPE, SIG_IGN);
+  unsigned char rnd[4];
+  RAND_bytes(rnd, sizeof rnd);
+  snprintf(s->node_id, sizeof s->node_id, "%02x%02x%02x%02x", rnd[0], rnd[1],
+           rnd[2], rnd[3]);
+
+  mw__conn_metrics_init();
+  mw__hub_metrics_init();
+  mw__publish_metrics_init();
+  mw__api_register(s);
+  s->workers = mw_xcalloc(s->nworkers, sizeof *s->workers);
+  for (unsigned i = 0; i < s->nworkers; i++) s->workers[i].listen_fd = -1;
+  exit_code = plugins_start(s);
+  if (exit_code) goto done;
+  s->routes_frozen = 1;
+
+  int port = cfg->listen_port;
+  for (unsigned i = 0; i < s->nworkers; i++) {
+    int rc = bind_socket(cfg->listen_host, port, s->nworkers > 1,
+                         &s->workers[i].listen_fd, &port);
+    if (rc) {
+      mw_log(MW_LOG_ERROR, "server", "cannot listen on %s:%d: %s",
+             cfg->listen_host, port, uv_strerror(rc));
+      exit_code = 1;
+      goto done;
+    }
+  }
+
+  uv_loop_init(&s->main_loop);
+  uv_sem_init(&s->ready, 0);
+  int started = 0, failed = 0;
+  for (unsigned i = 0; i < s->nworkers; i++) {
+    mw_worker_t *w = &s->workers[i];
+    w->id = i;
+    w->server = s;
+    w->read_buf = mw_xmalloc(65536);
+    mw__list_init(&w->conns);
+    mw__list_init(&w->dirty);
+    uv_mutex_init(&w->inbox_lock);
+    if (uv_thread_create(&w->thread, worker_main, w)) mw_oom();
+    uv_sem_wait(&s->ready);
+    started++;
+    if (w->start_status) {
+      failed = 1;
+      break;
+    }
+  }
+
+  uv_signal_init(&s->main_loop, &s->sig_term);
+  uv_signal_init(&s->main_loop, &s->sig_int);
+  uv_signal_init(&s->main_loop, &s->sig_hup);
+  uv_timer_init(&s->main_loop, &s->drain_deadline);
+  uv_timer_init(&s->main_loop, &workers_poll);
+  uv_signal_start(&s->sig_term, on_signal, SIGTERM);
+  uv_signal_start(&s->sig_int, on_signal, SIGINT);
+  uv_signal_start(&s->sig_hup, on_signal, SIGHUP);
+  s->nworkers = (unsigned)started; /* only those that ran */
+  if (failed) {
+    exit_code = 1;
+    begin_shutdown(s, 1);
+  } else {
+    mw_log(MW_LOG_INFO, "server", "listening on %s:%d (%u worker%s, storage %s)",
+           cfg->listen_host, port, s->nworkers, s->nworkers > 1 ? "s" : "",
+           s->storage->def.name);
+  }
+  uv_run(&s->main_loop, UV_RUN_DEFAULT);
+  for (unsigned i = 0; i < s->nworkers; i++) {
+    uv_thread_join(&s->workers[i].thread);
+    uv_mutex_destroy(&s->workers[i].inbox_lock);
+  }
+  uv_sem_destroy(&s->ready);
+  uv_loop_close(&s->main_loop);
+  if (!exit_code) mw_log(MW_LOG_INFO, "server", "stopped");
+
+done:
+  for (unsigned i = 0; i < (unsigned)cfg->workers; i++)
+    if (s->workers[i].listen_fd >= 0 && !s->workers[i].server)
+      close(s->workers[i].listen_fd);
+  plugins_stop(s);
+  free(s->workers);
+  free(s->routes);
+  free(s);
+  g_server = NULL;
+  mw__metrics_free();
+  return exit_code;
+}

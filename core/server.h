@@ -1,0 +1,121 @@
+/* The server: workers (one libuv loop and thread each, SO_REUSEPORT
+ * listeners), plugin lifecycle, signals and drain. */
+#ifndef MW_SERVER_H
+#define MW_SERVER_H
+
+#include <stdatomic.h>
+#include <uv.h>
+
+#include "config.h"
+#include "moonwire/plugin.h"
+#include "plugin_loader.h"
+
+typedef struct mw_hub mw_hub_t;
+typedef struct mw_server mw_server_t;
+
+/* An intrusive doubly linked list node. */
+typedef struct mw_link {
+  struct mw_link *prev, *next;
+} mw_link_t;
+
+struct mw_worker {
+  unsigned id;
+  mw_server_t *server;
+  uv_loop_t loop;
+  uv_thread_t thread;
+  uv_os_sock_t listen_fd; /* bound by the main thread */
+  uv_tcp_t listener;
+  uv_async_t wakeup;      /* inbox and commands */
+  uv_prepare_t flush;     /* writes queued this iteration go out here */
+  uv_timer_t drain_timer; /* polls for the end of a drain */
+  uv_mutex_t inbox_lock;
+  mw_event_t **inbox;     /* events to fan out, guarded by inbox_lock */
+  size_t inbox_len, inbox_cap;
+  _Atomic int command;    /* MW_WORKER_CMD_* bits */
+  mw_hub_t *hub;
+  mw_link_t conns;        /* every open connection of this loop */
+  mw_link_t dirty;        /* connections with writes to flush */
+  size_t conn_count;
+  int draining;
+  int stopping;
+  char *read_buf;         /* one read buffer per loop */
+  int start_status;       /* set by the thread before signalling ready */
+};
+
+enum { MW_WORKER_CMD_DRAIN = 1, MW_WORKER_CMD_STOP = 2 };
+
+/* A route: exact method and path. Core routes have plugin == NULL. */
+typedef struct mw_route {
+  char method[8];
+  char path[128];
+  mw_route_fn fn;
+  struct mw_plugin_handle *plugin;
+} mw_route_t;
+
+struct mw_server {
+  mw_config_t *cfg;
+  unsigned nworkers;
+  mw_worker_t *workers;
+  mw_plugin_list_t plugins;
+  struct mw_plugin_handle *storage; /* the storage in use */
+  mw_route_t *routes;
+  size_t nroutes;
+  int routes_frozen;                /* no registration once workers run */
+  uv_loop_t main_loop;
+  uv_signal_t sig_term, sig_int, sig_hup;
+  uv_timer_t drain_deadline;
+  uv_sem_t ready;
+  int draining;
+  char node_id[20];                 /* random, names clients */
+  int64_t started_ms;
+};
+
+/* Runs the server until drained. Returns a process exit code. */
+int mw__server_run(mw_config_t *cfg);
+
+/* The running server (read-only after start), or NULL. */
+mw_server_t *mw__server(void);
+
+/* Hands a sealed event to every worker's hub (takes one reference per
+ * worker). Any thread. Order is preserved per caller. */
+void mw__server_fanout(mw_event_t *ev);
+
+/* The worker-local state of `plugin` on worker `w`. */
+void *mw__server_wstate(mw_worker_t *w, struct mw_plugin_handle *plugin);
+
+/* Registers a route (only before the workers start). 0 or MW_EEXIST. */
+int mw__server_route(mw_server_t *s, const char *method, const char *path,
+                     mw_route_fn fn, struct mw_plugin_handle *plugin);
+
+/* Finds a route: returns it, or NULL with *path_known set if the path exists
+ * with another method. */
+const mw_route_t *mw__server_find_route(const char *method, const char *path,
+                                        int *path_known);
+
+/* Storage helpers for the core (worker thread). */
+const mw_storage_v1_t *mw__storage(void);
+void *mw__storage_wstate(mw_worker_t *w);
+
+/* List helpers. */
+static inline void mw__list_init(mw_link_t *head) {
+  head->prev = head->next = head;
+}
+static inline void mw__list_push(mw_link_t *head, mw_link_t *node) {
+  node->prev = head->prev;
+  node->next = head;
+  head->prev->next = node;
+  head->prev = node;
+}
+static inline void mw__list_remove(mw_link_t *node) {
+  node->prev->next = node->next;
+  node->next->prev = node->prev;
+  node->prev = node->next = node;
+}
+static inline int mw__list_empty(const mw_link_t *head) {
+  return head->next == head;
+}
+
+#define MW_CONTAINER_OF(ptr, type, field)                                     \
+  ((type *)((char *)(ptr)-offsetof(type, field)))
+
+#endif
