@@ -126,7 +126,7 @@ void mw__conn_close(mw_conn_t *c) {
 
 /* --- accepting ---------------------------------------------------------- */
 
-void mw__conn_accept(mw_worker_t *w, uv_stream_t *server) {
+mw_conn_t *mw__conn_new(mw_worker_t *w) {
   mw_conn_t *c = mw_xcalloc(1, sizeof *c);
   c->worker = w;
   uv_tcp_init(&w->loop, &c->tcp);
@@ -141,6 +141,11 @@ void mw__conn_accept(mw_worker_t *w, uv_stream_t *server) {
   mw__metric_add(m_open, 1);
   c->cap = (size_t)mw__config_int(w->server->cfg, "limits.outbound_queue",
                                   4 << 20);
+  return c;
+}
+
+void mw__conn_accept(mw_worker_t *w, uv_stream_t *server) {
+  mw_conn_t *c = mw__conn_new(w);
   if (uv_accept(server, (uv_stream_t *)&c->tcp)) {
     mw__metric_add(m_accept_errors, 1);
     c->closing = 1;

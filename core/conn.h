@@ -56,6 +56,10 @@ struct mw_conn {
   mw_http_state_t *http;
 };
 
+/* A new connection object on worker w, not yet connected (the socket handle
+ * is initialised; accept fills it). Owned by the worker until closed. */
+mw_conn_t *mw__conn_new(mw_worker_t *w);
+
 /* Accepts one connection from `server` on worker `w`. Logs failures. */
 void mw__conn_accept(mw_worker_t *w, uv_stream_t *server);
 

@@ -39,6 +39,10 @@ mw_server_t *mw__server(void) {
   return g_server;
 }
 
+void mw__server_install(mw_server_t *s) {
+  g_server = s;
+}
+
 /* --- routes ------------------------------------------------------------- */
 
 int mw__server_route(mw_server_t *s, const char *method, const char *path,

@@ -76,6 +76,9 @@ int mw__server_run(mw_config_t *cfg);
 /* The running server (read-only after start), or NULL. */
 mw_server_t *mw__server(void);
 
+/* Makes `s` the process's server (mw__server_run does it; unit tests too). */
+void mw__server_install(mw_server_t *s);
+
 /* Hands a sealed event to every worker's hub (takes one reference per
  * worker). Any thread. Order is preserved per caller. */
 void mw__server_fanout(mw_event_t *ev);

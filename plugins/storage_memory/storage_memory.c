@@ -1,0 +1,328 @@
+/* Memory storage: a single node, bounded history rings per topic.
+ *
+ * One global state shared by every worker and protected by one mutex. Per
+ * topic: the last seq and a ring of event references with their publish time
+ * (history.size entries at most, allocated lazily and grown up to that cap).
+ * Expired events (older than history.ttl) are dropped lazily when the topic
+ * is published to or read. Every call completes synchronously: the callback
+ * fires before the call returns.
+ *
+ * The epoch is 16 random hex characters drawn at init: a restart loses the
+ * history, so positions from the previous process cannot be recovered. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <uthash.h>
+
+#include "moonwire/plugin.h"
+
+#define MEM_SUBSYS "storage_memory"
+#define MEM_RING_INITIAL 16
+
+typedef struct mem_slot {
+  mw_event_t *ev; /* one reference */
+  uint64_t t_ms;  /* publish time, CLOCK_MONOTONIC ms */
+} mem_slot_t;
+
+typedef struct mem_topic {
+  char *name;       /* owned; the hash key */
+  uint64_t seq;     /* last assigned seq; 0 before the first publish */
+  mem_slot_t *ring; /* cap slots; NULL until the first stored event */
+  size_t cap;
+  size_t head; /* index of the oldest retained event */
+  size_t len;  /* retained events: seqs seq-len+1 .. seq */
+  UT_hash_handle hh;
+} mem_topic_t;
+
+typedef struct mem_state {
+  const mw_host_v1_t *host;
+  pthread_mutex_t lock; /* guards everything below */
+  mem_topic_t *topics;  /* uthash head */
+  size_t max_len;       /* history.size */
+  uint64_t ttl_ms;      /* history.ttl in ms; 0: no time limit */
+  char epoch[17];
+} mem_state_t;
+
+static uint64_t mem_clock_ms(void) {
+  struct timespec ts;
+
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* The clock; tests replace it to drive TTL expiry. */
+static uint64_t (*mem_now_ms)(void) = mem_clock_ms;
+
+static void mem_make_epoch(char out[17]) {
+  static const char hex[] = "0123456789abcdef";
+  unsigned char rnd[8];
+  ssize_t got = getrandom(rnd, sizeof rnd, 0);
+  size_t i;
+
+  if (got != (ssize_t)sizeof rnd) {
+    /* No getrandom (old kernel): time and pid still differ per start. */
+    struct timespec ts;
+    uint64_t x;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    x = ((uint64_t)ts.tv_sec * 1000000007u) ^ (uint64_t)ts.tv_nsec ^
+        ((uint64_t)getpid() << 32) ^ mem_clock_ms();
+    memcpy(rnd, &x, sizeof rnd);
+  }
+  for (i = 0; i < sizeof rnd; i++) {
+    out[2 * i] = hex[rnd[i] >> 4];
+    out[2 * i + 1] = hex[rnd[i] & 15];
+  }
+  out[16] = '\0';
+}
+
+static mem_slot_t *mem_slot(mem_topic_t *t, size_t i) {
+  return &t->ring[(t->head + i) % t->cap];
+}
+
+static void mem_drop_oldest(mem_state_t *st, mem_topic_t *t) {
+  mem_slot_t *s = mem_slot(t, 0);
+
+  st->host->event_unref(&s->ev);
+  t->head = (t->head + 1) % t->cap;
+  t->len--;
+}
+
+/* Drops the events of `t` older than the TTL (they are the oldest ones). */
+static void mem_expire(mem_state_t *st, mem_topic_t *t, uint64_t now) {
+  if (st->ttl_ms == 0) return;
+  while (t->len > 0 && now - mem_slot(t, 0)->t_ms > st->ttl_ms)
+    mem_drop_oldest(st, t);
+}
+
+/* Makes room for one more event: grows the ring up to max_len, else drops
+ * the oldest. Returns 0 if nothing can be stored (max_len 0, or no memory
+ * for the first slots: the event then only counts in seq). */
+static int mem_make_room(mem_state_t *st, mem_topic_t *t) {
+  if (st->max_len == 0) return 0;
+  if (t->len == t->cap && t->cap < st->max_len) {
+    size_t ncap = t->cap ? t->cap * 2 : MEM_RING_INITIAL;
+    mem_slot_t *nr;
+    size_t i;
+
+    if (ncap > st->max_len) ncap = st->max_len;
+    nr = malloc(ncap * sizeof *nr);
+    if (nr != NULL) {
+      for (i = 0; i < t->len; i++)
+        nr[i] = *mem_slot(t, i);
+      free(t->ring);
+      t->ring = nr;
+      t->cap = ncap;
+      t->head = 0;
+    } else if (t->cap == 0) {
+      return 0;
+    }
+  }
+  if (t->len == t->cap) mem_drop_oldest(st, t);
+  return 1;
+}
+
+static mem_topic_t *mem_find(mem_state_t *st, const char *topic) {
+  mem_topic_t *t = NULL;
+
+  HASH_FIND_STR(st->topics, topic, t);
+  return t;
+}
+
+static int mem_publish(void *wstate, mw_event_t *draft, mw_store_publish_cb cb,
+                       void *ud) {
+  mem_state_t *st = wstate;
+  const mw_host_v1_t *host = st->host;
+  mem_topic_t *t;
+  uint64_t seq, now;
+  int rc;
+
+  if (draft == NULL || draft->topic == NULL) return MW_EINVAL;
+  pthread_mutex_lock(&st->lock);
+  t = mem_find(st, draft->topic);
+  if (t == NULL) {
+    t = calloc(1, sizeof *t);
+    if (t == NULL || (t->name = strdup(draft->topic)) == NULL) {
+      free(t);
+      pthread_mutex_unlock(&st->lock);
+      return MW_ENOMEM;
+    }
+    HASH_ADD_KEYPTR(hh, st->topics, t->name, strlen(t->name), t);
+  }
+  now = mem_now_ms();
+  mem_expire(st, t, now);
+
+  /* A topic keeps its seq forever, even once its history is empty: a seq
+   * must never restart within an epoch, or a client's position would point
+   * at different events. */
+  seq = t->seq + 1;
+  rc = host->event_seal(draft, seq, st->epoch);
+  if (rc != 0) {
+    pthread_mutex_unlock(&st->lock);
+    return rc; /* seq not advanced, cb never fires */
+  }
+  t->seq = seq;
+  if (mem_make_room(st, t)) {
+    mem_slot_t *s = mem_slot(t, t->len);
+
+    s->ev = host->event_ref(draft);
+    s->t_ms = now;
+    t->len++;
+  }
+  /* Fan out while still holding the lock: when two workers publish to one
+   * topic concurrently, this is what makes every worker receive the events
+   * in seq order (host->fanout must be called in seq order, and must not
+   * call back into this storage synchronously). */
+  host->fanout(draft);
+  pthread_mutex_unlock(&st->lock);
+
+  /* Memory completes synchronously: cb fires before publish returns. */
+  if (cb != NULL) cb(0, draft, ud);
+  return 0;
+}
+
+static int mem_position(void *wstate, const char *topic, mw_position_cb cb,
+                        void *ud) {
+  mem_state_t *st = wstate;
+  mem_topic_t *t;
+  uint64_t seq = 0;
+
+  if (topic == NULL || cb == NULL) return MW_EINVAL;
+  pthread_mutex_lock(&st->lock);
+  t = mem_find(st, topic);
+  if (t != NULL) seq = t->seq;
+  pthread_mutex_unlock(&st->lock);
+  /* Synchronous, like every memory call. */
+  cb(0, seq, st->epoch, ud);
+  return 0;
+}
+
+static int mem_history(void *wstate, const char *topic, uint64_t since,
+                       size_t limit, mw_store_history_cb cb, void *ud) {
+  mem_state_t *st = wstate;
+  const mw_host_v1_t *host = st->host;
+  mw_event_t *stackbuf[32];
+  mw_event_t **evs = stackbuf;
+  size_t n = 0, start = 0, i;
+  uint64_t top = 0, first;
+  int complete = 1;
+  mem_topic_t *t;
+
+  if (topic == NULL || cb == NULL) return MW_EINVAL;
+  pthread_mutex_lock(&st->lock);
+  t = mem_find(st, topic);
+  if (t != NULL) {
+    mem_expire(st, t, mem_now_ms());
+    top = t->seq;
+    if (since < top) {
+      /* Retained seqs are contiguous: top-len+1 .. top. */
+      first = top - t->len + 1;
+      complete = t->len > 0 && first <= since + 1;
+      if (since >= first) start = (size_t)(since - first + 1);
+      n = t->len - start;
+      if (n > limit) n = limit;
+      if (n > sizeof stackbuf / sizeof stackbuf[0]) {
+        evs = malloc(n * sizeof *evs);
+        if (evs == NULL) {
+          pthread_mutex_unlock(&st->lock);
+          return MW_ENOMEM;
+        }
+      }
+      /* References keep the events alive after the lock is released. */
+      for (i = 0; i < n; i++)
+        evs[i] = host->event_ref(mem_slot(t, start + i)->ev);
+    }
+  }
+  pthread_mutex_unlock(&st->lock);
+
+  /* Synchronous; the array is borrowed by cb and released after it. */
+  cb(0, evs, n, top, st->epoch, complete, ud);
+  for (i = 0; i < n; i++)
+    host->event_unref(&evs[i]);
+  if (evs != stackbuf) free(evs);
+  return 0;
+}
+
+static int mem_healthy(void *wstate) {
+  return 1;
+}
+
+static int mem_init(const mw_host_v1_t *host, mw_plugin_handle_t *self,
+                    void **state) {
+  mem_state_t *st;
+  int64_t size, ttl;
+
+  if (host == NULL ||
+      host->struct_size < offsetof(mw_host_v1_t, fanout) + sizeof(void *))
+    return MW_EABI;
+  st = calloc(1, sizeof *st);
+  if (st == NULL) return MW_ENOMEM;
+  st->host = host;
+  size = host->config_int("history.size", 1000);
+  ttl = host->config_int("history.ttl", 3600);
+  if (size < 0) size = 0;
+  if ((uint64_t)size > SIZE_MAX / sizeof(mem_slot_t) / 2)
+    size = (int64_t)(SIZE_MAX / sizeof(mem_slot_t) / 2);
+  st->max_len = (size_t)size;
+  /* ttl <= 0: no time limit, only the size bounds the history. */
+  st->ttl_ms = ttl <= 0 || ttl > INT64_MAX / 1000 ? 0 : (uint64_t)ttl * 1000u;
+  mem_make_epoch(st->epoch);
+  if (pthread_mutex_init(&st->lock, NULL) != 0) {
+    free(st);
+    return MW_ENOMEM;
+  }
+  host->log(MW_LOG_INFO, MEM_SUBSYS, "epoch %s, history size %zu, ttl %lld s",
+            st->epoch, st->max_len, (long long)(st->ttl_ms / 1000));
+  *state = st;
+  return 0;
+}
+
+/* Every worker shares the global state. */
+static int mem_worker_start(void *state, mw_worker_t *w, void **wstate) {
+  *wstate = state;
+  return 0;
+}
+
+static void mem_worker_stop(void *wstate) {}
+
+static void mem_destroy(void *state) {
+  mem_state_t *st = state;
+  mem_topic_t *t, *tmp;
+
+  if (st == NULL) return;
+  HASH_ITER(hh, st->topics, t, tmp) {
+    HASH_DEL(st->topics, t);
+    while (t->len > 0)
+      mem_drop_oldest(st, t);
+    free(t->ring);
+    free(t->name);
+    free(t);
+  }
+  pthread_mutex_destroy(&st->lock);
+  free(st);
+}
+
+static const mw_storage_v1_t mem_storage = {
+    .struct_size = sizeof(mw_storage_v1_t),
+    .publish = mem_publish,
+    .position = mem_position,
+    .history = mem_history,
+    .healthy = mem_healthy,
+};
+
+/* The plugin's one exported symbol. */
+__attribute__((visibility("default"))) const mw_plugin_v1_t mw_plugin_v1 = {
+    MW_PLUGIN_V1_HEADER(MW_PLUGIN_STORAGE, "memory", MW_VERSION_STRING),
+    .init = mem_init,
+    .worker_start = mem_worker_start,
+    .worker_stop = mem_worker_stop,
+    .destroy = mem_destroy,
+    .storage = &mem_storage,
+};

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the Debian packages moonwire needs to build, run and test.
+# Idempotent: does nothing when everything is already there.
+set -euo pipefail
+PACKAGES=(
+  cmake gcc make pkg-config
+  libuv1-dev libwslay-dev libluajit2-5.1-dev libmsgpack-dev libhiredis-dev
+  libcmocka-dev node-llhttp libssl-dev libjansson-dev uthash-dev
+  redis-server python3 python3-websockets python3-msgpack
+)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "installing: ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
