@@ -54,11 +54,14 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
 }
 
 void mw__conn_read_stop(mw_conn_t *c) {
-  if (!c->close_started) uv_read_stop((uv_stream_t *)&c->tcp);
+  if (!c->reading || c->close_started) return;
+  c->reading = 0;
+  uv_read_stop((uv_stream_t *)&c->tcp);
 }
 
 void mw__conn_read_start(mw_conn_t *c) {
-  if (c->closing) return;
+  if (c->closing || c->reading) return;
+  c->reading = 1;
   if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read))
     mw__conn_close(c);
 }
@@ -115,8 +118,8 @@ void mw__conn_idle_timer(mw_conn_t *c, uint64_t ms) {
 
 void mw__conn_close(mw_conn_t *c) {
   if (c->closing) return;
+  mw__conn_read_stop(c);
   c->closing = 1;
-  uv_read_stop((uv_stream_t *)&c->tcp);
   if (!c->writing && c->qcount == 0) {
     finish_close(c);
     return;

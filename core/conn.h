@@ -35,6 +35,7 @@ struct mw_conn {
   mw_link_t dirty_link;
   int dirty;
   int mode;
+  int reading;
   int closing;
   int close_started;
   int handles_open;

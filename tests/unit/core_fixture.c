@@ -1,0 +1,82 @@
+/* See core_fixture.h. */
+#include "core_fixture.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "http.h"
+#include "hub.h"
+#include "log.h"
+
+void fixture_init(core_fixture_t *f, const char *const *flags) {
+  memset(f, 0, sizeof *f);
+  char *argv[32] = {"moonwire"};
+  int argc = 1;
+  for (size_t i = 0; flags && flags[i] && argc < 31; i++)
+    argv[argc++] = (char *)flags[i];
+  char err[256];
+  assert_int_equal(mw__config_load(&f->cfg, argc, argv, err, sizeof err),
+                   MW_CONFIG_RUN);
+  mw__log_setup(MW_LOG_ERROR, 0);
+  f->server.cfg = &f->cfg;
+  f->server.nworkers = 1;
+  f->server.workers = &f->worker;
+  snprintf(f->server.node_id, sizeof f->server.node_id, "test");
+  mw__server_install(&f->server);
+  mw__conn_metrics_init();
+  mw__hub_metrics_init();
+  mw_worker_t *w = &f->worker;
+  w->server = &f->server;
+  assert_int_equal(uv_loop_init(&w->loop), 0);
+  w->read_buf = mw_xmalloc(65536);
+  mw__list_init(&w->conns);
+  mw__list_init(&w->dirty);
+  w->hub = mw__hub_new(w);
+}
+
+void fixture_done(core_fixture_t *f) {
+  mw_worker_t *w = &f->worker;
+  mw__conn_close_all(w, 2);
+  uv_run(&w->loop, UV_RUN_DEFAULT);
+  assert_int_equal(w->conn_count, 0);
+  mw__hub_free(w->hub);
+  assert_int_equal(uv_loop_close(&w->loop), 0);
+  free(w->read_buf);
+  free(f->server.routes);
+  for (size_t i = 0; i < f->npeers; i++) close(f->peers[i]);
+  mw__config_free(&f->cfg);
+  mw__server_install(NULL);
+}
+
+mw_conn_t *fixture_conn(core_fixture_t *f) {
+  int sv[2];
+  assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  assert_true(f->npeers < 64);
+  f->peers[f->npeers++] = sv[1];
+  mw_conn_t *c = mw__conn_new(&f->worker);
+  assert_int_equal(uv_tcp_open(&c->tcp, sv[0]), 0);
+  snprintf(c->remote, sizeof c->remote, "127.0.0.1");
+  mw__http_start(c);
+  return c;
+}
+
+char *fixture_output(const mw_conn_t *c, size_t *len) {
+  size_t total = 0;
+  for (size_t i = 0; i < c->qcount; i++)
+    total += c->q[(c->qhead + i) % c->qcap].len;
+  char *out = mw_xmalloc(total + 1), *p = out;
+  for (size_t i = 0; i < c->qcount; i++) {
+    const mw_out_t *o = &c->q[(c->qhead + i) % c->qcap];
+    memcpy(p, o->base ? o->base : o->inline_buf, o->len);
+    p += o->len;
+  }
+  *p = 0;
+  if (len) *len = total;
+  return out;
+}

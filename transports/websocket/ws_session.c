@@ -1,0 +1,437 @@
+/* One WebSocket connection: wslay glue, the ping/idle timer, hub delivery,
+ * slow-consumer overflow and the close paths.
+ *
+ * Invariant: send_callback accepts every byte (conn_write with force=1), so
+ * once wslay_event_send returns, wslay holds no partial frame and delivery
+ * may write event frames straight to the connection. Sends are never made
+ * from inside wslay_event_recv: replies and closes are queued there and the
+ * outermost entry point (on_data, a timer, an async callback) flushes. */
+#include <msgpack.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec.h"
+#include "ws_internal.h"
+
+static void ws_on_data(void *ud, const char *data, size_t len);
+static void ws_on_overflow(void *ud);
+static void ws_on_close(void *ud);
+
+static const mw_stream_handler_t ws_stream_handler = {
+    .on_data = ws_on_data,
+    .on_overflow = ws_on_overflow,
+    .on_close = ws_on_close,
+};
+
+/* --- references ------------------------------------------------------------
+ */
+
+void ws_session_ref(ws_session_t *s) {
+  s->refs++;
+}
+
+void ws_session_unref(ws_session_t *s) {
+  if (--s->refs > 0) return;
+  if (s->ctx) wslay_event_context_free(s->ctx);
+  free(s->pending);
+  free(s);
+}
+
+int ws_session_open_for_replies(const ws_session_t *s) {
+  return !s->closed && !s->closing && !s->fail_close &&
+         !wslay_event_get_close_sent(s->ctx);
+}
+
+/* --- frames ----------------------------------------------------------------
+ */
+
+size_t ws_frame_header(uint8_t hdr[10], uint8_t opcode, uint64_t len) {
+  hdr[0] = (uint8_t)(0x80u | (opcode & 0x0fu));
+  if (len < 126) {
+    hdr[1] = (uint8_t)len;
+    return 2;
+  }
+  if (len <= 0xffff) {
+    hdr[1] = 126;
+    hdr[2] = (uint8_t)(len >> 8);
+    hdr[3] = (uint8_t)len;
+    return 4;
+  }
+  hdr[1] = 127;
+  for (int i = 0; i < 8; i++)
+    hdr[2 + i] = (uint8_t)(len >> (56 - 8 * i));
+  return 10;
+}
+
+static void ws_count_close(ws_session_t *s) {
+  if (s->close_counted || !wslay_event_get_close_sent(s->ctx)) return;
+  s->close_counted = 1;
+  ws_close_slot_t slot;
+  switch (wslay_event_get_status_code_sent(s->ctx)) {
+  case 1000:
+    slot = WS_CLOSE_1000;
+    break;
+  case 1001:
+    slot = WS_CLOSE_1001;
+    break;
+  case 1002:
+    slot = WS_CLOSE_1002;
+    break;
+  case 1007:
+    slot = WS_CLOSE_1007;
+    break;
+  case 1008:
+    slot = WS_CLOSE_1008;
+    break;
+  case 1009:
+    slot = WS_CLOSE_1009;
+    break;
+  case 1011:
+    slot = WS_CLOSE_1011;
+    break;
+  default:
+    slot = WS_CLOSE_OTHER;
+    break;
+  }
+  s->host->metric_add(s->p->m_close[slot], 1);
+}
+
+static void ws_close_conn(ws_session_t *s) {
+  if (s->closing || s->closed || !s->conn) return;
+  s->closing = 1;
+  s->host->conn_close(s->conn); /* on_close may run now or later */
+}
+
+void ws_session_flush(ws_session_t *s) {
+  if (s->in_wslay || s->taking || s->closed || s->closing || !s->conn) return;
+  ws_session_ref(s);
+  s->in_wslay++;
+  int rc = wslay_event_send(s->ctx);
+  s->in_wslay--;
+  ws_count_close(s);
+  if (rc != 0 || s->fail_close || wslay_event_get_close_sent(s->ctx) ||
+      (!wslay_event_want_read(s->ctx) && !wslay_event_want_write(s->ctx)))
+    ws_close_conn(s);
+  ws_session_unref(s);
+}
+
+void ws_session_fail(ws_session_t *s, uint16_t code, const char *reason) {
+  if (s->closed || s->closing || s->fail_close) return;
+  s->fail_close = 1;
+  wslay_event_shutdown_read(s->ctx);
+  /* Fails harmlessly when a close was already queued or sent. */
+  wslay_event_queue_close(s->ctx, code, (const uint8_t *)reason,
+                          reason ? strlen(reason) : 0);
+  ws_session_flush(s);
+}
+
+void ws_session_send(ws_session_t *s, json_t *msg) {
+  if (!msg) return;
+  if (!ws_session_open_for_replies(s)) {
+    json_decref(msg);
+    return;
+  }
+  struct wslay_event_msg m = {0};
+  char *text = NULL;
+  msgpack_sbuffer sb;
+  msgpack_sbuffer_init(&sb);
+  if (s->proto == WS_PROTO_JSON) {
+    text = json_dumps(msg, JSON_COMPACT);
+    if (text) {
+      m.opcode = WSLAY_TEXT_FRAME;
+      m.msg = (const uint8_t *)text;
+      m.msg_length = strlen(text);
+    }
+  } else {
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    if (mw_codec_pack_json(&pk, msg) == 0) {
+      m.opcode = WSLAY_BINARY_FRAME;
+      m.msg = (const uint8_t *)sb.data;
+      m.msg_length = sb.size;
+    }
+  }
+  if (m.msg) {
+    wslay_event_queue_msg(s->ctx, &m); /* copies */
+  } else {
+    s->host->log(MW_LOG_ERROR, "websocket", "cannot encode a reply");
+  }
+  free(text);
+  msgpack_sbuffer_destroy(&sb);
+  json_decref(msg);
+  ws_session_flush(s);
+}
+
+/* --- wslay callbacks -------------------------------------------------------
+ */
+
+static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
+                          int flags, void *ud) {
+  ws_session_t *s = ud;
+  size_t avail = s->in_len - s->in_off;
+  if (avail == 0) {
+    wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+    return -1;
+  }
+  if (len > avail) len = avail;
+  memcpy(buf, s->in + s->in_off, len);
+  s->in_off += len;
+  return (ssize_t)len;
+}
+
+static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data,
+                          size_t len, int flags, void *ud) {
+  ws_session_t *s = ud;
+  /* force=1: control and reply frames bypass the cap; after a close the
+   * bytes are dropped. Either way all of them count as sent. */
+  if (s->conn && !s->closing && !s->closed)
+    s->host->conn_write(s->conn, data, len, 1);
+  return (ssize_t)len;
+}
+
+static void ws_on_msg(wslay_event_context_ptr ctx,
+                      const struct wslay_event_on_msg_recv_arg *arg, void *ud) {
+  ws_session_t *s = ud;
+  if (arg->opcode != WSLAY_TEXT_FRAME && arg->opcode != WSLAY_BINARY_FRAME)
+    return; /* ping, pong and close are wslay's */
+  if (!ws_session_open_for_replies(s)) return;
+  s->host->metric_add(s->p->m_received, 1);
+  if (arg->opcode == WSLAY_TEXT_FRAME &&
+      !mw_codec_utf8_valid((const char *)arg->msg, arg->msg_length)) {
+    ws_session_fail(s, WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA, "invalid UTF-8");
+    return;
+  }
+  ws_messages_handle(s, arg->opcode, arg->msg, arg->msg_length);
+}
+
+static const struct wslay_event_callbacks ws_wslay_callbacks = {
+    .recv_callback = ws_recv_cb,
+    .send_callback = ws_send_cb,
+    .on_msg_recv_callback = ws_on_msg,
+};
+
+/* --- timer -----------------------------------------------------------------
+ */
+
+static void ws_timer_cb(uv_timer_t *t);
+
+static void ws_timer_closed(uv_handle_t *h) {
+  ws_session_unref(h->data);
+}
+
+static void ws_timer_stop(ws_session_t *s) {
+  if (!s->timer_started || s->timer_closed) return;
+  s->timer_closed = 1;
+  uv_timer_stop(&s->timer);
+  uv_close((uv_handle_t *)&s->timer, ws_timer_closed);
+}
+
+static void ws_timer_arm(ws_session_t *s, uint64_t now) {
+  if (!s->timer_started || s->timer_closed) return;
+  uint64_t deadline = s->next_ping;
+  if (s->p->idle_timeout_ms && s->last_rx + s->p->idle_timeout_ms < deadline)
+    deadline = s->last_rx + s->p->idle_timeout_ms;
+  if (deadline == UINT64_MAX) return; /* neither pings nor idle timeout */
+  uint64_t delay = deadline > now ? deadline - now : 0;
+  uv_timer_start(&s->timer, ws_timer_cb, delay, 0);
+}
+
+static void ws_timer_cb(uv_timer_t *t) {
+  ws_session_t *s = t->data;
+  ws_session_tick(s, uv_now(t->loop));
+}
+
+void ws_session_tick(ws_session_t *s, uint64_t now) {
+  if (s->closed || s->closing || s->fail_close) return;
+  ws_session_ref(s);
+  if (s->p->idle_timeout_ms && now - s->last_rx >= s->p->idle_timeout_ms) {
+    ws_session_fail(s, WSLAY_CODE_GOING_AWAY, "idle timeout");
+  } else {
+    if (now >= s->next_ping) {
+      struct wslay_event_msg m = {
+          .opcode = WSLAY_PING, .msg = NULL, .msg_length = 0};
+      wslay_event_queue_msg(s->ctx, &m);
+      s->next_ping = now + s->p->ping_interval_ms;
+      ws_session_flush(s);
+    }
+    if (!s->closed && !s->closing) ws_timer_arm(s, now);
+  }
+  ws_session_unref(s);
+}
+
+/* --- worker list -----------------------------------------------------------
+ */
+
+static void ws_link(ws_session_t *s) {
+  ws_worker_t *ws = s->ws;
+  s->prev = NULL;
+  s->next = ws->sessions;
+  if (ws->sessions) ws->sessions->prev = s;
+  ws->sessions = s;
+  s->in_list = 1;
+  s->host->metric_add(s->p->m_connections, 1);
+}
+
+static void ws_unlink(ws_session_t *s) {
+  if (!s->in_list) return;
+  if (s->prev)
+    s->prev->next = s->next;
+  else
+    s->ws->sessions = s->next;
+  if (s->next) s->next->prev = s->prev;
+  s->prev = s->next = NULL;
+  s->in_list = 0;
+  s->host->metric_add(s->p->m_connections, -1);
+}
+
+/* --- stream handler --------------------------------------------------------
+ */
+
+/* Feeds `len` bytes to wslay, then flushes. */
+static void ws_feed(ws_session_t *s, const char *data, size_t len) {
+  s->last_rx = uv_now(s->loop);
+  s->in = (const uint8_t *)data;
+  s->in_len = len;
+  s->in_off = 0;
+  s->in_wslay++;
+  int rc = wslay_event_recv(s->ctx);
+  s->in_wslay--;
+  s->in = NULL;
+  s->in_len = s->in_off = 0;
+  if (rc != 0) {
+    s->host->log(MW_LOG_WARN, "websocket", "receive failed (%d)", rc);
+    ws_session_fail(s, WSLAY_CODE_INTERNAL_SERVER_ERROR, "internal error");
+  }
+  ws_session_flush(s);
+}
+
+static void ws_on_data(void *ud, const char *data, size_t len) {
+  ws_session_t *s = ud;
+  if (s->closed || s->closing || len == 0) return;
+  if (s->taking) { /* http_take has not returned yet: keep for later */
+    char *p = realloc(s->pending, s->pending_len + len);
+    if (!p) return; /* the frame parser will see a gap and fail */
+    memcpy(p + s->pending_len, data, len);
+    s->pending = p;
+    s->pending_len += len;
+    return;
+  }
+  ws_session_ref(s);
+  ws_feed(s, data, len);
+  ws_session_unref(s);
+}
+
+static void ws_on_overflow(void *ud) {
+  ws_session_t *s = ud;
+  ws_session_ref(s);
+  ws_session_fail(s, WSLAY_CODE_POLICY_VIOLATION, "slow consumer");
+  ws_session_unref(s);
+}
+
+static void ws_on_close(void *ud) {
+  ws_session_t *s = ud;
+  if (s->closed) return;
+  s->closed = 1;
+  s->conn = NULL;
+  if (s->client) s->host->client_free(&s->client);
+  ws_timer_stop(s);
+  ws_unlink(s);
+  ws_session_unref(s); /* the connection's reference */
+}
+
+/* --- delivery --------------------------------------------------------------
+ */
+
+static void ws_deliver(mw_client_t *client, mw_event_t *ev, void *ud) {
+  ws_session_t *s = ud;
+  if (!ws_session_open_for_replies(s) || !s->conn) return;
+  mw_wire_t wire =
+      s->proto == WS_PROTO_MSGPACK ? MW_WIRE_MSGPACK : MW_WIRE_JSON;
+  uint8_t opcode =
+      s->proto == WS_PROTO_MSGPACK ? WSLAY_BINARY_FRAME : WSLAY_TEXT_FRAME;
+  uint8_t hdr[10];
+  size_t hlen = ws_frame_header(hdr, opcode, ev->wire[wire].len);
+  /* MW_ELIMIT: the core already ran on_overflow; MW_ECLOSED: closing. */
+  s->host->conn_write_event(s->conn, hdr, hlen, ev, wire, NULL, 0);
+}
+
+/* --- open / detach ---------------------------------------------------------
+ */
+
+int ws_session_open(ws_worker_t *ws, mw_http_request_t *req, ws_proto_t proto,
+                    const char *head, size_t head_len) {
+  const mw_host_v1_t *host = ws->p->host;
+  ws_session_t *s = calloc(1, sizeof(*s));
+  if (!s) return MW_ENOMEM;
+  s->ws = ws;
+  s->p = ws->p;
+  s->host = host;
+  s->w = ws->w;
+  s->loop = ws->loop;
+  s->proto = proto;
+  s->refs = 1; /* the connection's */
+  if (wslay_event_context_server_init(&s->ctx, &ws_wslay_callbacks, s) != 0) {
+    free(s);
+    return MW_ENOMEM;
+  }
+  wslay_event_config_set_max_recv_msg_length(s->ctx, s->p->max_message_size);
+  s->client = host->client_new(ws->w, "websocket", ws_deliver, s);
+  if (!s->client) {
+    ws_session_unref(s);
+    return MW_EUNAVAIL;
+  }
+
+  ws_session_ref(s); /* guard */
+  s->taking = 1;
+  mw_conn_t *conn = host->http_take(req, head, head_len, &ws_stream_handler, s);
+  s->taking = 0;
+  if (!conn) {
+    if (!s->closed) {
+      s->closed = 1;
+      host->client_free(&s->client);
+      ws_session_unref(s);
+    }
+    ws_session_unref(s);
+    return MW_ECLOSED;
+  }
+  if (s->closed) { /* on_close ran inside http_take */
+    ws_session_unref(s);
+    return 0;
+  }
+  s->conn = conn;
+  host->metric_add(s->p->m_accepted, 1);
+  ws_link(s);
+
+  uint64_t now = uv_now(s->loop);
+  s->last_rx = now;
+  s->next_ping =
+      s->p->ping_interval_ms ? now + s->p->ping_interval_ms : UINT64_MAX;
+  if (uv_timer_init(s->loop, &s->timer) == 0) {
+    s->timer.data = s;
+    s->timer_started = 1;
+    ws_session_ref(s); /* the timer's, dropped in ws_timer_closed */
+    ws_timer_arm(s, now);
+  }
+
+  if (s->pending) {
+    char *p = s->pending;
+    size_t n = s->pending_len;
+    s->pending = NULL;
+    s->pending_len = 0;
+    ws_feed(s, p, n);
+    free(p);
+  }
+  ws_session_flush(s);
+  ws_session_unref(s);
+  return 0;
+}
+
+void ws_session_detach(ws_session_t *s) {
+  ws_session_ref(s);
+  ws_unlink(s);
+  s->ws = NULL;
+  ws_timer_stop(s);
+  ws_session_fail(s, WSLAY_CODE_GOING_AWAY, "going away"); /* if not yet */
+  ws_close_conn(s);
+  ws_session_unref(s);
+}
