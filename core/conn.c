@@ -12,7 +12,7 @@
 #define MW_CLOSE_DEADLINE_MS 2000
 
 static mw_metric_t *m_open, *m_bytes_out, *m_slow, *m_accept_errors,
-    *m_rejected_max_conn;
+    *m_rejected_max_conn, *m_dropped_slow, *m_dropped_closing;
 static _Atomic long total_conns; /* across workers, for limits.max_connections */
 
 void mw__conn_metrics_init(void) {
@@ -24,6 +24,12 @@ void mw__conn_metrics_init(void) {
                       "Connections closed because their outbound queue "
                       "passed its cap",
                       NULL);
+  m_dropped_slow = mw__metric(MW_METRIC_COUNTER, "moonwire_events_dropped_total",
+                              "Events not published or not delivered, by reason",
+                              "reason=\"slow_consumer\"");
+  m_dropped_closing = mw__metric(MW_METRIC_COUNTER,
+                                 "moonwire_events_dropped_total", NULL,
+                                 "reason=\"connection_closing\"");
   m_accept_errors = mw__metric(MW_METRIC_COUNTER, "moonwire_accept_errors_total",
                                "Failed accepts", NULL);
   m_rejected_max_conn =
@@ -247,7 +253,10 @@ int mw__conn_write_event(mw_conn_t *c, const void *prefix, size_t plen,
     return MW_EINVAL;
   size_t len = plen + ev->wire[wire].len + slen;
   int rc = admit(c, len, 0);
-  if (rc) return rc;
+  if (rc) {
+    mw__metric_add(rc == MW_ELIMIT ? m_dropped_slow : m_dropped_closing, 1);
+    return rc;
+  }
   push_copy(c, prefix, plen);
   mw_out_t *o = push_out(c);
   o->base = ev->wire[wire].data;
