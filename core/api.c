@@ -44,7 +44,8 @@ static int api_allowed(mw_http_request_t *req) {
   mw__metric_add(m_api_auth, 1);
   mw__http_respond(req, 401, "application/json",
                    "WWW-Authenticate: Bearer\r\n",
-                   "{\"error\":\"missing or wrong API key\"}", 35);
+                   "{\"error\":\"missing or wrong API key\"}",
+                   sizeof "{\"error\":\"missing or wrong API key\"}" - 1);
   return 0;
 }
 

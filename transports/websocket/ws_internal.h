@@ -156,6 +156,10 @@ void ws_session_fail(ws_session_t *s, uint16_t code, const char *reason);
 
 /* Writes what wslay queued and closes the connection when wslay is done.
  * No-op inside wslay calls (the outermost entry point flushes). */
+/* Writes a close frame with `code` straight to the connection (bypassing
+ * wslay, whose state is broken after a parse failure) and closes it. */
+void ws_session_abort(ws_session_t *s, uint16_t code, const char *reason);
+
 void ws_session_flush(ws_session_t *s);
 
 /* The timer's work at loop time `now` (ms): idle close, server ping, re-arm.

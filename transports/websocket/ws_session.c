@@ -102,6 +102,23 @@ static void ws_close_conn(ws_session_t *s) {
   s->host->conn_close(s->conn); /* on_close may run now or later */
 }
 
+void ws_session_abort(ws_session_t *s, uint16_t code, const char *reason) {
+  if (s->closed || s->closing || !s->conn) return;
+  uint8_t frame[2 + 2 + 123];
+  size_t rlen = strlen(reason);
+  if (rlen > 123) rlen = 123;
+  frame[0] = 0x88; /* FIN + close */
+  frame[1] = (uint8_t)(2 + rlen);
+  frame[2] = (uint8_t)(code >> 8);
+  frame[3] = (uint8_t)(code & 0xff);
+  memcpy(frame + 4, reason, rlen);
+  s->host->conn_write(s->conn, frame, 4 + rlen, 1);
+  s->close_counted = 1;
+  s->host->metric_add(
+      s->p->m_close[code == 1002 ? WS_CLOSE_1002 : WS_CLOSE_1011], 1);
+  ws_close_conn(s);
+}
+
 void ws_session_flush(ws_session_t *s) {
   if (s->in_wslay || s->taking || s->closed || s->closing || !s->conn) return;
   ws_session_ref(s);
@@ -299,8 +316,14 @@ static void ws_feed(ws_session_t *s, const char *data, size_t len) {
   s->in = NULL;
   s->in_len = s->in_off = 0;
   if (rc != 0) {
-    s->host->log(MW_LOG_WARN, "websocket", "receive failed (%d)", rc);
-    ws_session_fail(s, WSLAY_CODE_INTERNAL_SERVER_ERROR, "internal error");
+    /* wslay rejected the input (a frame it cannot parse) and may have queued
+     * a close without a code: say 1002 ourselves, bypassing its queue. A
+     * peer can trigger this at will, so it is logged at debug only. */
+    s->host->log(MW_LOG_DEBUG, "websocket", "frame rejected (wslay %d)", rc);
+    ws_session_abort(s, rc == WSLAY_ERR_NOMEM ? 1011 : 1002,
+                     rc == WSLAY_ERR_NOMEM ? "internal error"
+                                           : "protocol error");
+    return;
   }
   ws_session_flush(s);
 }

@@ -1,0 +1,23 @@
+# Integration tests: the real moonwire binary (and its plugins, from the
+# binary's default plugin dir) driven by real clients from Debian's python3
+# (python3-websockets, python3-msgpack), stdlib unittest. Each module starts
+# its own server(s) on 127.0.0.1 port 0; see tests/integration/mwtest.py.
+set(MW_INTEGRATION_MODULES
+  test_cli
+  test_http
+  test_websocket
+  test_badinput
+  test_slow_consumer
+  test_fanout)
+foreach(module ${MW_INTEGRATION_MODULES})
+  add_test(NAME integration.${module}
+    COMMAND ${MW_PYTHON} -m unittest -v ${module}
+    WORKING_DIRECTORY ${CMAKE_SOURCE_DIR}/tests/integration)
+  set_tests_properties(integration.${module} PROPERTIES
+    LABELS integration
+    TIMEOUT 300
+    ENVIRONMENT "MOONWIRE_BIN=$<TARGET_FILE:moonwire>;PYTHONDONTWRITEBYTECODE=1;PYTHONUNBUFFERED=1")
+endforeach()
+# Many sockets at once: keep them off each other's toes under ctest -j.
+set_tests_properties(integration.test_fanout integration.test_badinput
+  PROPERTIES RUN_SERIAL TRUE)
