@@ -31,8 +31,8 @@ static const known_key_t known[] = {
     {"storage", K_STR, 1, NULL, "memory", "storage plugin: memory|redis"},
     {"redis", K_STR, 1, "the Redis storage plugin (issue 5)", NULL,
      "redis://host:port[/db] for --storage redis"},
-    {"policy", K_STR, 1, "the Lua policy engine (issue 3)", NULL,
-     "Lua policy script"},
+    {"policy", K_STR, 1, NULL, NULL,
+     "Lua policy script (default: the built-in scripts/default.lua)"},
     {"plugin_dir", K_STR, 1, NULL, NULL, "directory of plugin *.so files"},
     {"api_key", K_STR, 1, NULL, NULL,
      "key for /api/* (or env MOONWIRE_API_KEY)"},
@@ -50,10 +50,10 @@ static const known_key_t known[] = {
     {"limits.idle_timeout", K_INT, 0, NULL, "60", NULL},
     {"limits.ping_interval", K_INT, 0, NULL, "25", NULL},
     {"limits.max_connections", K_INT, 0, NULL, "0", NULL},
-    {"limits.max_connections_per_user", K_INT, 0,
-     "per-user limits (Lua policy issue 3)", NULL, NULL},
-    {"limits.max_connections_per_tenant", K_INT, 0,
-     "per-tenant limits (Lua policy issue 3)", NULL, NULL},
+    {"limits.max_connections_per_user", K_INT, 0, NULL, "0", NULL},
+    {"limits.max_connections_per_tenant", K_INT, 0, NULL, "0", NULL},
+    {"limits.hook_budget_ms", K_INT, 0, NULL, "50", NULL},
+    {"limits.lua_memory", K_INT, 0, NULL, "67108864", NULL},
     {"limits.message_rate", K_INT, 0, "message rate limits", NULL, NULL},
     {"cors", K_LIST, 0, "CORS (issue 4)", NULL, NULL},
     {"presence_topics", K_LIST, 0, "presence (issue 4)", NULL, NULL},
@@ -384,7 +384,7 @@ int mw__config_load(mw_config_t *cfg, int argc, char **argv, char *err,
       "limits.max_body_size", "limits.max_header_size",
       "limits.max_request_line", "limits.max_topics_per_connection",
       "limits.outbound_queue", "limits.idle_timeout", "limits.ping_interval",
-      "drain_timeout"};
+      "drain_timeout", "limits.hook_budget_ms", "limits.lua_memory"};
   for (size_t i = 0; i < sizeof positive / sizeof positive[0]; i++)
     if (mw__config_int(cfg, positive[i], 1) < 1)
       return fail(err, errlen, "'%s' must be a positive integer", positive[i]);

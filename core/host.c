@@ -1,6 +1,7 @@
 /* The host table: each entry forwards to the core part that owns it. */
 #include "host.h"
 
+#include "client.h"
 #include "conn.h"
 #include "event.h"
 #include "http.h"
@@ -53,6 +54,10 @@ static int host_event_parse(const char *json, size_t len, const char *epoch,
   return mw__event_parse(json, len, epoch, out);
 }
 
+static int host_policy_has_connect(mw_worker_t *w) {
+  return w->policy && mw__policy_has_connect(w->policy);
+}
+
 static const mw_host_v1_t host_table = {
     .struct_size = sizeof(mw_host_v1_t),
     .log = mw_log,
@@ -91,6 +96,14 @@ static const mw_host_v1_t host_table = {
     .topic_position = mw__topic_position,
     .metric = mw__metric,
     .metric_add = mw__metric_add,
+    .client_attach_request = mw__client_attach_request,
+    .client_has_token = mw__client_has_token,
+    .policy_has_connect = host_policy_has_connect,
+    .client_connect = mw__client_connect,
+    .client_error = mw__client_error,
+    .client_user_id = mw__client_user_id,
+    .client_tenant_id = mw__client_tenant_id,
+    .client_disconnect = mw__client_disconnect,
 };
 
 const mw_host_v1_t *mw__host(void) {

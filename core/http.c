@@ -311,11 +311,9 @@ static void dispatch(mw_http_state_t *st) {
                                                   &path_known);
   if (!route) {
     if (path_known)
-      mw__http_respond(r, 405, "application/json", NULL,
-                       "{\"error\":\"method not allowed\"}", 30);
+      mw__http_respond_json(r, 405, "{\"error\":\"method not allowed\"}");
     else
-      mw__http_respond(r, 404, "application/json", NULL,
-                       "{\"error\":\"not found\"}", 21);
+      mw__http_respond_json(r, 404, "{\"error\":\"not found\"}");
     return;
   }
   void *wstate = route->plugin ? mw__server_wstate(r->worker, route->plugin)
@@ -483,6 +481,14 @@ const char *mw__http_header(const mw_http_request_t *r, const char *lname) {
   return NULL;
 }
 
+int mw__http_header_at(const mw_http_request_t *r, size_t i, const char **name,
+                       const char **value) {
+  if (i >= r->nheaders) return 0;
+  *name = r->headers[i].name;
+  *value = r->headers[i].value;
+  return 1;
+}
+
 static int hexval(int ch) {
   if (ch >= '0' && ch <= '9') return ch - '0';
   if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
@@ -533,6 +539,15 @@ const char *mw__http_query(const mw_http_request_t *r, const char *name) {
   for (size_t i = 0; i < r->nquery; i++)
     if (strcmp(r->query[i].name, name) == 0) return r->query[i].value;
   return NULL;
+}
+
+int mw__http_query_at(const mw_http_request_t *r, size_t i, const char **name,
+                      const char **value) {
+  if (!r->query_parsed) parse_query((mw_http_request_t *)r);
+  if (i >= r->nquery) return 0;
+  *name = r->query[i].name;
+  *value = r->query[i].value;
+  return 1;
 }
 
 const char *mw__http_remote_addr(const mw_http_request_t *r) {

@@ -10,13 +10,13 @@
 #include <string.h>
 #include <uthash.h>
 
+#include "client.h"
 #include "codec.h"
+#include "event.h"
 #include "log.h"
 #include "metrics.h"
 
 #define MW_TOPIC_MAX 256
-
-typedef struct mw_sub mw_sub_t;
 
 typedef struct mw_topic {
   char *name;
@@ -32,15 +32,13 @@ struct mw_sub {
   mw_sub_t *cprev, *cnext; /* in the client's list */
 };
 
-struct mw_client {
-  mw_hub_t *hub;
-  char id[48];
-  mw_metric_t *conn_gauge;
-  mw_deliver_fn deliver;
-  void *ud;
-  mw_sub_t *subs;
-  size_t nsubs;
-};
+/* One changed event made by the policy for some recipients of the event
+ * being delivered: reused for every recipient with the same result. */
+typedef struct changed {
+  const void *key; /* the Lua table the hook returned */
+  char *text;      /* its JSON form, to spot equal results from other tables */
+  mw_event_t *ev;
+} changed_t;
 
 struct mw_hub {
   mw_worker_t *worker;
@@ -50,13 +48,17 @@ struct mw_hub {
   size_t max_topics_per_client;
   /* Connection gauges by transport, cached per hub. */
   struct {
-    const char *transport;
+    char transport[24];
     mw_metric_t *gauge;
   } gauges[8];
   size_t ngauges;
+  changed_t *changed; /* results of the event being delivered */
+  size_t nchanged, changed_cap;
 };
 
-static mw_metric_t *m_topics, *m_subs, *m_delivered, *m_published_local;
+static mw_metric_t *m_topics, *m_subs, *m_delivered, *m_published_local,
+    *m_drop_tenant, *m_drop_policy, *m_drop_policy_error, *m_rej_tenant_topic,
+    *m_rej_subscribe;
 
 void mw__hub_metrics_init(void) {
   m_topics = mw__metric(MW_METRIC_GAUGE, "moonwire_topics",
@@ -68,6 +70,19 @@ void mw__hub_metrics_init(void) {
   m_published_local = mw__metric(MW_METRIC_COUNTER,
                                  "moonwire_events_fanned_out_total",
                                  "Events fanned out to a worker's hub", NULL);
+  m_drop_tenant = mw__metric(MW_METRIC_COUNTER, "moonwire_events_dropped_total",
+                             "Events not published or not delivered, by reason",
+                             "reason=\"tenant_isolation\"");
+  m_drop_policy = mw__metric(MW_METRIC_COUNTER, "moonwire_events_dropped_total",
+                             NULL, "reason=\"policy\"");
+  m_drop_policy_error = mw__metric(MW_METRIC_COUNTER,
+                                   "moonwire_events_dropped_total", NULL,
+                                   "reason=\"policy_error\"");
+  m_rej_tenant_topic = mw__metric(MW_METRIC_COUNTER, "moonwire_rejected_total",
+                                  "Requests or connections rejected, by reason",
+                                  "reason=\"tenant_topic\"");
+  m_rej_subscribe = mw__metric(MW_METRIC_COUNTER, "moonwire_rejected_total",
+                               NULL, "reason=\"subscribe_denied\"");
 }
 
 mw_hub_t *mw__hub_new(mw_worker_t *w) {
@@ -80,6 +95,7 @@ mw_hub_t *mw__hub_new(mw_worker_t *w) {
 
 void mw__hub_free(mw_hub_t *hub) {
   if (!hub) return;
+  free(hub->changed);
   mw_topic_t *t, *tmp;
   HASH_ITER(hh, hub->topics, t, tmp) {
     HASH_DEL(hub->topics, t);
@@ -102,44 +118,29 @@ size_t mw__hub_topic_count(const mw_hub_t *hub) {
   return hub->ntopics;
 }
 
-static mw_metric_t *gauge_for(mw_hub_t *hub, const char *transport) {
+uint64_t mw__hub_next_client_number(mw_hub_t *hub) {
+  return ++hub->next_client;
+}
+
+mw_metric_t *mw__hub_gauge(mw_hub_t *hub, const char *transport,
+                           mw_metric_t *(*make)(const char *transport)) {
   for (size_t i = 0; i < hub->ngauges; i++)
     if (strcmp(hub->gauges[i].transport, transport) == 0)
       return hub->gauges[i].gauge;
-  char labels[96];
-  snprintf(labels, sizeof labels, "transport=\"%s\"", transport);
-  mw_metric_t *g = mw__metric(MW_METRIC_GAUGE, "moonwire_connections",
-                              "Subscriber connections by transport", labels);
+  mw_metric_t *g = make(transport);
   if (hub->ngauges < sizeof hub->gauges / sizeof hub->gauges[0]) {
-    hub->gauges[hub->ngauges].transport = transport;
+    snprintf(hub->gauges[hub->ngauges].transport,
+             sizeof hub->gauges[0].transport, "%s", transport);
     hub->gauges[hub->ngauges].gauge = g;
     hub->ngauges++;
   }
   return g;
 }
 
-mw_client_t *mw__client_new(mw_worker_t *w, const char *transport,
-                            mw_deliver_fn deliver, void *ud) {
-  mw_hub_t *hub = w->hub;
-  mw_client_t *c = mw_xcalloc(1, sizeof *c);
-  c->hub = hub;
-  c->deliver = deliver;
-  c->ud = ud;
-  snprintf(c->id, sizeof c->id, "%s-%u-%llu", w->server->node_id, w->id,
-           (unsigned long long)++hub->next_client);
-  c->conn_gauge = gauge_for(hub, transport);
-  mw__metric_add(c->conn_gauge, 1);
-  return c;
-}
-
-const char *mw__client_id(const mw_client_t *c) {
-  return c->id;
-}
-
 static void sub_remove(mw_sub_t *s) {
   mw_topic_t *t = s->topic;
   mw_client_t *c = s->client;
-  mw_hub_t *hub = c->hub;
+  mw_hub_t *hub = c->worker->hub;
   if (s->tprev) s->tprev->tnext = s->tnext; else t->subs = s->tnext;
   if (s->tnext) s->tnext->tprev = s->tprev;
   if (s->cprev) s->cprev->cnext = s->cnext; else c->subs = s->cnext;
@@ -157,13 +158,8 @@ static void sub_remove(mw_sub_t *s) {
   free(s);
 }
 
-void mw__client_free(mw_client_t **cp) {
-  mw_client_t *c = *cp;
-  *cp = NULL;
-  if (!c) return;
+void mw__hub_client_detach(mw_client_t *c) {
   while (c->subs) sub_remove(c->subs);
-  mw__metric_add(c->conn_gauge, -1);
-  free(c);
 }
 
 static mw_sub_t *find_sub(mw_client_t *c, const char *topic) {
@@ -176,8 +172,34 @@ int mw__subscribe(mw_client_t *c, const char *topic) {
   size_t len = strlen(topic);
   if (!mw__topic_valid(topic, len)) return MW_EINVAL;
   if (find_sub(c, topic)) return MW_EEXIST;
-  if (c->nsubs >= c->hub->max_topics_per_client) return MW_ELIMIT;
-  mw_hub_t *hub = c->hub;
+  mw_hub_t *hub = c->worker->hub;
+  if (c->nsubs >= hub->max_topics_per_client) return MW_ELIMIT;
+  if (!c->connected) {
+    mw__client_set_error(c, 401, "not connected: authenticate first");
+    return MW_EDENIED;
+  }
+  mw_policy_t *p = mw__worker_policy(c->worker);
+  if (p && !mw__policy_tenant_topic_allowed(p, c->ident.tenant_id, topic)) {
+    char reason[320];
+    snprintf(reason, sizeof reason, "topic '%s' is not allowed for tenant '%s'",
+             topic, c->ident.tenant_id);
+    mw__client_set_error(c, 403, reason);
+    mw__metric_add(m_rej_tenant_topic, 1);
+    return MW_EDENIED;
+  }
+  if (p && mw__policy_has_subscribe(p)) {
+    mw_policy_result_t res;
+    memset(&res, 0, sizeof res);
+    mw__policy_subscribe(p, &c->ident, topic, &res);
+    int ok = res.status == MW_POLICY_OK && res.verdict == MW_VERDICT_ALLOW;
+    if (!ok) {
+      mw__client_set_error(c, res.code ? res.code : 403,
+                           res.reason[0] ? res.reason : "forbidden");
+      mw__metric_add(m_rej_subscribe, 1);
+    }
+    mw__policy_result_clear(&res);
+    if (!ok) return MW_EDENIED;
+  }
   mw_topic_t *t;
   HASH_FIND(hh, hub->topics, topic, len, t);
   if (!t) {
@@ -209,19 +231,94 @@ int mw__unsubscribe(mw_client_t *c, const char *topic) {
   return 0;
 }
 
+/* The event this recipient gets for a changed result (cached per event). */
+static mw_event_t *changed_event(mw_hub_t *hub, const mw_event_t *ev,
+                                 mw_policy_result_t *res) {
+  for (size_t i = 0; i < hub->nchanged; i++)
+    if (hub->changed[i].key == res->out_key) return hub->changed[i].ev;
+  char *text = json_dumps(res->out, JSON_COMPACT | JSON_SORT_KEYS);
+  if (!text) return NULL;
+  for (size_t i = 0; i < hub->nchanged; i++) {
+    if (strcmp(hub->changed[i].text, text) == 0) {
+      free(text);
+      return hub->changed[i].ev;
+    }
+  }
+  json_t *name = json_object_get(res->out, "event");
+  json_t *data = json_object_get(res->out, "data");
+  json_t *trace = json_object_get(res->out, "trace_id");
+  mw_event_t *out = mw__event_draft(
+      ev->topic, json_is_string(name) ? json_string_value(name) : ev->name,
+      json_is_string(trace) ? json_string_value(trace) : ev->trace_id,
+      json_is_object(data) ? json_incref(data) : json_object());
+  if (mw__event_seal(out, ev->seq, ev->epoch)) {
+    mw_event_unref(&out);
+    free(text);
+    return NULL;
+  }
+  if (hub->nchanged == hub->changed_cap) {
+    hub->changed_cap = hub->changed_cap ? hub->changed_cap * 2 : 4;
+    hub->changed =
+        mw_xrealloc(hub->changed, hub->changed_cap * sizeof *hub->changed);
+  }
+  hub->changed[hub->nchanged++] = (changed_t){res->out_key, text, out};
+  return out;
+}
+
 void mw__hub_deliver(mw_hub_t *hub, mw_event_t *ev) {
   mw_topic_t *t;
   size_t len = strlen(ev->topic);
   mw__metric_add(m_published_local, 1);
   HASH_FIND(hh, hub->topics, ev->topic, len, t);
   if (!t) return;
+  mw_policy_t *p = mw__worker_policy(hub->worker);
+  const json_t *data = mw__event_data(ev);
+  const char *ev_tenant =
+      json_string_value(json_object_get(data, "tenant_id"));
+  int hook = p && mw__policy_has_deliver(p);
   /* A delivery never frees a subscription synchronously (closing is
    * asynchronous), but take `next` first all the same. */
-  size_t n = 0;
+  size_t n = 0, dropped_tenant = 0, dropped_policy = 0, dropped_error = 0;
   for (mw_sub_t *s = t->subs, *next; s; s = next) {
     next = s->tnext;
-    s->client->deliver(s->client, ev, s->client->ud);
+    mw_client_t *c = s->client;
+    const char *tenant = c->ident.tenant_id;
+    /* Tenant isolation, before any hook: a tenant's connection never sees
+     * another tenant's event unless the policy widened it explicitly. */
+    if (tenant && ev_tenant && !c->ident.all_tenants &&
+        strcmp(tenant, ev_tenant) != 0) {
+      dropped_tenant++;
+      continue;
+    }
+    mw_event_t *out = ev;
+    if (hook || (tenant && mw__policy_tenant_has_transform(p, tenant))) {
+      mw_policy_result_t res;
+      memset(&res, 0, sizeof res);
+      mw__policy_deliver(p, &c->ident, ev, data, &res);
+      if (res.status != MW_POLICY_OK) {
+        out = NULL;
+        dropped_error++;
+      } else if (res.verdict == MW_VERDICT_DROP) {
+        out = NULL;
+        dropped_policy++;
+      } else if (res.verdict == MW_VERDICT_CHANGED) {
+        out = changed_event(hub, ev, &res);
+        if (!out) dropped_error++;
+      }
+      mw__policy_result_clear(&res);
+    }
+    if (!out) continue;
+    c->deliver(c, out, c->ud);
     n++;
   }
+  for (size_t i = 0; i < hub->nchanged; i++) {
+    free(hub->changed[i].text);
+    mw_event_unref(&hub->changed[i].ev);
+  }
+  hub->nchanged = 0;
   mw__metric_add(m_delivered, (int64_t)n);
+  if (dropped_tenant) mw__metric_add(m_drop_tenant, (int64_t)dropped_tenant);
+  if (dropped_policy) mw__metric_add(m_drop_policy, (int64_t)dropped_policy);
+  if (dropped_error)
+    mw__metric_add(m_drop_policy_error, (int64_t)dropped_error);
 }

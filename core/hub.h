@@ -1,10 +1,12 @@
 /* The hub of one worker: topics, subscriptions and fan-out to the clients of
- * this loop. Each worker owns its hub; nothing in it is shared across
+ * this loop, with tenant isolation and the on_deliver policy applied per
+ * recipient. Each worker owns its hub; nothing in it is shared across
  * threads (events arrive through the worker's inbox, see server.c). */
 #ifndef MW_HUB_H
 #define MW_HUB_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "moonwire/host.h"
 #include "server.h"
@@ -15,18 +17,28 @@ mw_hub_t *mw__hub_new(mw_worker_t *w);
 /* Frees the hub; every client must have been freed before. */
 void mw__hub_free(mw_hub_t *hub);
 
-/* Delivers a sealed event to every local subscriber of its topic. */
+/* Delivers a sealed event to every local subscriber of its topic: tenant
+ * isolation first (in C), then the policy's per-recipient transform and
+ * on_deliver, sharing one encoding per distinct result. */
 void mw__hub_deliver(mw_hub_t *hub, mw_event_t *ev);
 
-/* See the host table. */
-mw_client_t *mw__client_new(mw_worker_t *w, const char *transport,
-                            mw_deliver_fn deliver, void *ud);
-void mw__client_free(mw_client_t **c);
-const char *mw__client_id(const mw_client_t *c);
+/* See the host table: subscribe runs the tenant topic rules and
+ * on_subscribe. */
 int mw__subscribe(mw_client_t *c, const char *topic);
 int mw__unsubscribe(mw_client_t *c, const char *topic);
 
-/* Number of topics with local subscribers, and subscriptions. */
+/* Removes every subscription of a client (it is going away). */
+void mw__hub_client_detach(mw_client_t *c);
+
+/* The next client number of this worker (ids). */
+uint64_t mw__hub_next_client_number(mw_hub_t *hub);
+
+/* The connection gauge of a transport, cached per hub; `make` registers it
+ * the first time. */
+mw_metric_t *mw__hub_gauge(mw_hub_t *hub, const char *transport,
+                           mw_metric_t *(*make)(const char *transport));
+
+/* Number of topics with local subscribers. */
 size_t mw__hub_topic_count(const mw_hub_t *hub);
 
 /* 1 if `topic` is an acceptable topic name: 1..256 bytes, printable ASCII

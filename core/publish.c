@@ -8,6 +8,7 @@
 #include <sys/time.h>
 #include <time.h>
 
+#include "client.h"
 #include "codec.h"
 #include "event.h"
 #include "hub.h"
@@ -18,7 +19,8 @@
 #define MW_EVENT_NAME_MAX 128
 #define MW_TRACE_ID_MAX 64
 
-static mw_metric_t *m_published, *m_err_invalid, *m_err_unavail, *m_err_other;
+static mw_metric_t *m_published, *m_err_invalid, *m_err_unavail, *m_err_other,
+    *m_err_denied;
 
 void mw__publish_metrics_init(void) {
   m_published = mw__metric(MW_METRIC_COUNTER, "moonwire_events_published_total",
@@ -28,6 +30,8 @@ void mw__publish_metrics_init(void) {
                              "reason=\"invalid\"");
   m_err_unavail = mw__metric(MW_METRIC_COUNTER, "moonwire_events_dropped_total",
                              NULL, "reason=\"storage_unavailable\"");
+  m_err_denied = mw__metric(MW_METRIC_COUNTER, "moonwire_events_dropped_total",
+                            NULL, "reason=\"publish_denied\"");
   m_err_other = mw__metric(MW_METRIC_COUNTER, "moonwire_events_dropped_total",
                            NULL, "reason=\"storage_error\"");
 }
@@ -104,6 +108,84 @@ static int invalid(mw_publish_cb cb, void *ud, const char *reason) {
   return 0;
 }
 
+/* The MW_E* that carries a policy's HTTP-like code back to the caller. */
+static int code_to_error(int code) {
+  switch (code) {
+  case 400: return MW_EINVAL;
+  case 413: return MW_ETOOBIG;
+  case 429: return MW_ELIMIT;
+  case 503: return MW_EUNAVAIL;
+  default: return MW_EDENIED;
+  }
+}
+
+static int denied(mw_publish_cb cb, void *ud, int code, const char *reason) {
+  mw__metric_add(m_err_denied, 1);
+  cb(code_to_error(code), NULL, reason, ud);
+  return 0;
+}
+
+/* Tenant rules and on_publish. Returns 1 to go on (with *data, *event and
+ * *trace possibly replaced: *owned then holds what to free), 0 after
+ * answering cb. */
+static int apply_policy(mw_worker_t *w, mw_client_t *origin, const char *topic,
+                        const char **event, const char **trace, json_t **data,
+                        json_t **owned, mw_publish_cb cb, void *ud) {
+  mw_policy_t *p = mw__worker_policy(w);
+  const mw_policy_identity_t *ident = NULL;
+  if (origin) {
+    if (!origin->connected)
+      return denied(cb, ud, 401, "not connected: authenticate first"), 0;
+    ident = &origin->ident;
+    const char *tenant = ident->tenant_id;
+    if (p && !mw__policy_tenant_topic_allowed(p, tenant, topic))
+      return denied(cb, ud, 403, "topic not allowed for this tenant"), 0;
+    /* A tenant's connection publishes into its own tenant. */
+    if (tenant && !ident->all_tenants) {
+      const char *given =
+          json_string_value(json_object_get(*data, "tenant_id"));
+      if (given && strcmp(given, tenant) != 0)
+        return denied(cb, ud, 403, "data.tenant_id is not your tenant"), 0;
+      if (!given) json_object_set_new(*data, "tenant_id", json_string(tenant));
+    }
+    if (ident->user_id && !json_object_get(*data, "user_id"))
+      json_object_set_new(*data, "user_id", json_string(ident->user_id));
+  }
+  if (!p || !mw__policy_has_publish(p)) return 1;
+  json_t *in = json_pack("{s:s,s:s,s:O,s:s}", "topic", topic, "event", *event,
+                         "data", *data, "trace_id", *trace);
+  mw_policy_result_t res;
+  memset(&res, 0, sizeof res);
+  mw__policy_publish(p, ident, in, &res);
+  json_decref(in);
+  if (res.status != MW_POLICY_OK || res.verdict == MW_VERDICT_DENY) {
+    denied(cb, ud, res.code ? res.code : 403,
+           res.reason[0] ? res.reason : "forbidden");
+    mw__policy_result_clear(&res);
+    return 0;
+  }
+  if (res.verdict == MW_VERDICT_CHANGED && res.out) {
+    json_t *ne = json_object_get(res.out, "event");
+    json_t *nd = json_object_get(res.out, "data");
+    json_t *nt = json_object_get(res.out, "trace_id");
+    if (!json_is_string(ne) || !name_valid(json_string_value(ne)) ||
+        !json_is_object(nd) ||
+        (nt && (!json_is_string(nt) || !trace_valid(json_string_value(nt))))) {
+      denied(cb, ud, 500, "on_publish returned an invalid event");
+      mw__policy_result_clear(&res);
+      return 0;
+    }
+    *owned = res.out; /* keeps the strings below alive */
+    res.out = NULL;
+    *event = json_string_value(ne);
+    if (nt) *trace = json_string_value(nt);
+    json_decref(*data);
+    *data = json_incref(nd);
+  }
+  mw__policy_result_clear(&res);
+  return 1;
+}
+
 int mw__publish_json(mw_worker_t *w, const char *topic, const char *event,
                      const char *trace_id, json_t *data, mw_client_t *origin,
                      mw_publish_cb cb, void *ud) {
@@ -124,6 +206,11 @@ int mw__publish_json(mw_worker_t *w, const char *topic, const char *event,
     trace_id = trace;
   }
   json_t *d = data ? json_incref(data) : json_object();
+  json_t *owned = NULL;
+  if (!apply_policy(w, origin, topic, &event, &trace_id, &d, &owned, cb, ud)) {
+    json_decref(d);
+    return 0;
+  }
   if (!json_object_get(d, "timestamp")) {
     char ts[32];
     mw__iso_now(ts);
@@ -133,6 +220,7 @@ int mw__publish_json(mw_worker_t *w, const char *topic, const char *event,
   op->cb = cb;
   op->ud = ud;
   op->draft = mw__event_draft(topic, event, trace_id, d);
+  json_decref(owned);
   const mw_storage_v1_t *st = mw__storage();
   int rc = st->publish(mw__storage_wstate(w), op->draft, on_stored, op);
   if (rc) on_stored(rc, NULL, op); /* the storage's callback will not fire */

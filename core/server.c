@@ -20,6 +20,8 @@
 #include <unistd.h>
 
 #include "api.h"
+#include "client.h"
+#include "conn_limits.h"
 #include "conn.h"
 #include "event.h"
 #include "host.h"
@@ -106,6 +108,102 @@ void mw__server_fanout(mw_event_t *ev) {
   }
 }
 
+int mw__worker_post(mw_worker_t *w, void (*fn)(mw_worker_t *, void *),
+                    void *arg) {
+  mw_task_t *t = mw_xcalloc(1, sizeof *t);
+  t->fn = fn;
+  t->arg = arg;
+  uv_mutex_lock(&w->inbox_lock);
+  if (w->inbox_cap == SIZE_MAX) {
+    uv_mutex_unlock(&w->inbox_lock);
+    free(t);
+    return MW_ECLOSED;
+  }
+  mw__list_push(&w->tasks, &t->link);
+  uv_async_send(&w->wakeup);
+  uv_mutex_unlock(&w->inbox_lock);
+  return 0;
+}
+
+static void run_tasks(mw_worker_t *w) {
+  mw_link_t todo;
+  mw__list_init(&todo);
+  uv_mutex_lock(&w->inbox_lock);
+  if (!mw__list_empty(&w->tasks)) {
+    todo.next = w->tasks.next;
+    todo.prev = w->tasks.prev;
+    todo.next->prev = &todo;
+    todo.prev->next = &todo;
+    mw__list_init(&w->tasks);
+  }
+  uv_mutex_unlock(&w->inbox_lock);
+  while (!mw__list_empty(&todo)) {
+    mw_link_t *l = todo.next;
+    mw__list_remove(l);
+    mw_task_t *t = MW_CONTAINER_OF(l, mw_task_t, link);
+    t->fn(w, t->arg);
+    free(t);
+  }
+}
+
+/* --- policy reload ------------------------------------------------------ */
+
+typedef struct reload_op {
+  _Atomic unsigned pending;
+  uv_mutex_t lock;
+  char err[512];
+  mw_worker_t *origin;
+  void (*done)(const char *err, void *arg);
+  void *arg;
+} reload_op_t;
+
+static void reload_finish(mw_worker_t *w, void *arg) {
+  reload_op_t *op = arg;
+  op->done(op->err[0] ? op->err : NULL, op->arg);
+  uv_mutex_destroy(&op->lock);
+  free(op);
+}
+
+static void reload_task(mw_worker_t *w, void *arg) {
+  reload_op_t *op = arg;
+  char err[512];
+  const char *script = mw__config_string(w->server->cfg, "policy", NULL);
+  if (w->policy && mw__policy_reload(w->policy, script, err, sizeof err)) {
+    uv_mutex_lock(&op->lock);
+    if (!op->err[0]) snprintf(op->err, sizeof op->err, "%s", err);
+    uv_mutex_unlock(&op->lock);
+  }
+  if (atomic_fetch_sub(&op->pending, 1) != 1) return;
+  if (!op->origin || op->origin == w) {
+    reload_finish(w, op);
+  } else if (mw__worker_post(op->origin, reload_finish, op)) {
+    /* The origin stopped: its request went with its connection. */
+    uv_mutex_destroy(&op->lock);
+    free(op);
+  }
+}
+
+void mw__server_reload(mw_worker_t *origin,
+                       void (*done)(const char *err, void *arg), void *arg) {
+  mw_server_t *s = g_server;
+  reload_op_t *op = mw_xcalloc(1, sizeof *op);
+  uv_mutex_init(&op->lock);
+  op->origin = origin;
+  op->done = done;
+  op->arg = arg;
+  atomic_init(&op->pending, s->nworkers);
+  unsigned posted = 0;
+  for (unsigned i = 0; i < s->nworkers; i++)
+    if (mw__worker_post(&s->workers[i], reload_task, op) == 0) posted++;
+  /* Workers that have stopped will not answer. */
+  unsigned missing = s->nworkers - posted;
+  if (missing && atomic_fetch_sub(&op->pending, missing) == missing) {
+    op->done(NULL, op->arg);
+    uv_mutex_destroy(&op->lock);
+    free(op);
+  }
+}
+
 static void drain_inbox(mw_worker_t *w) {
   uv_mutex_lock(&w->inbox_lock);
   mw_event_t **batch = w->inbox;
@@ -152,7 +250,8 @@ static void worker_finish(mw_worker_t *w) {
       p->def.worker_stop(p->wstates[w->id]);
     p->wstates[w->id] = NULL;
   }
-  /* Close the inbox: later fan-outs skip this worker. */
+  run_tasks(w); /* e.g. a reload in flight: answered before the close */
+  /* Close the inbox: later fan-outs and tasks skip this worker. */
   uv_mutex_lock(&w->inbox_lock);
   for (size_t i = 0; i < w->inbox_len; i++) mw_event_unref(&w->inbox[i]);
   free(w->inbox);
@@ -162,6 +261,8 @@ static void worker_finish(mw_worker_t *w) {
   uv_mutex_unlock(&w->inbox_lock);
   mw__hub_free(w->hub);
   w->hub = NULL;
+  mw__policy_free(w->policy);
+  w->policy = NULL;
   uv_close((uv_handle_t *)&w->wakeup, NULL);
   uv_close((uv_handle_t *)&w->flush, NULL);
   uv_close((uv_handle_t *)&w->drain_timer, NULL);
@@ -202,6 +303,7 @@ static void on_wakeup(uv_async_t *a) {
   mw_worker_t *w = a->data;
   int cmd = atomic_exchange(&w->command, 0);
   drain_inbox(w);
+  run_tasks(w);
   if (cmd & MW_WORKER_CMD_STOP)
     worker_stop(w);
   else if (cmd & MW_WORKER_CMD_DRAIN)
@@ -230,7 +332,15 @@ static void worker_main(void *arg) {
   uv_tcp_init(&w->loop, &w->listener);
   w->listener.data = w;
   w->hub = mw__hub_new(w);
-  rc = uv_tcp_open(&w->listener, w->listen_fd);
+  char perr[512];
+  mw_policy_limits_t lim = mw__server_policy_limits(s->cfg);
+  w->policy = mw__policy_new(mw__config_string(s->cfg, "policy", NULL), &lim,
+                             perr, sizeof perr);
+  if (!w->policy) {
+    mw_log(MW_LOG_ERROR, "policy", "worker %u: %s", w->id, perr);
+    rc = MW_EINVAL;
+  }
+  if (!rc) rc = uv_tcp_open(&w->listener, w->listen_fd);
   if (!rc) rc = uv_listen((uv_stream_t *)&w->listener, 1024, on_connection);
   if (rc)
     mw_log(MW_LOG_ERROR, "server", "worker %u: listen: %s", w->id,
@@ -337,11 +447,27 @@ static void begin_shutdown(mw_server_t *s, int force) {
     worker_send(&s->workers[i], MW_WORKER_CMD_DRAIN);
 }
 
+static void on_reloaded(const char *err, void *arg) {
+  if (err)
+    mw_log(MW_LOG_ERROR, "policy", "reload failed, keeping the old policy: %s",
+           err);
+  else
+    mw_log(MW_LOG_INFO, "policy", "reloaded");
+}
+
+mw_policy_limits_t mw__server_policy_limits(const mw_config_t *cfg) {
+  mw_policy_limits_t lim;
+  lim.budget_ms = (uint64_t)mw__config_int(cfg, "limits.hook_budget_ms", 50);
+  lim.memory_bytes =
+      (size_t)mw__config_int(cfg, "limits.lua_memory", 64 << 20);
+  return lim;
+}
+
 static void on_signal(uv_signal_t *h, int signum) {
   mw_server_t *s = g_server;
   if (signum == SIGHUP) {
-    mw_log(MW_LOG_WARN, "server",
-           "SIGHUP: policy reload is not available yet (Lua policy engine)");
+    mw_log(MW_LOG_INFO, "policy", "SIGHUP: reloading the policy");
+    mw__server_reload(NULL, on_reloaded, NULL);
     return;
   }
   begin_shutdown(s, 0);
@@ -374,6 +500,17 @@ static int plugins_start(mw_server_t *s) {
             storage, storage, dir);
     return 2;
   }
+  /* The policy compiles before anything starts (a broken script is a
+   * configuration error: one line, exit 2). */
+  char perr[512];
+  mw_policy_limits_t lim = mw__server_policy_limits(s->cfg);
+  const char *script = mw__config_string(s->cfg, "policy", NULL);
+  mw_policy_t *check = mw__policy_new(script, &lim, perr, sizeof perr);
+  if (!check) {
+    fprintf(stderr, "moonwire: policy: %s\n", perr);
+    return 2;
+  }
+  mw__policy_free(check);
   for (size_t i = 0; i < s->plugins.count; i++) {
     struct mw_plugin_handle *p = s->plugins.items[i];
     p->wstates = mw_xcalloc(s->nworkers, sizeof *p->wstates);
@@ -419,6 +556,7 @@ int mw__server_run(mw_config_t *cfg) {
   mw__conn_metrics_init();
   mw__hub_metrics_init();
   mw__publish_metrics_init();
+  mw__client_metrics_init();
   mw__api_register(s);
   s->workers = mw_xcalloc(s->nworkers, sizeof *s->workers);
   for (unsigned i = 0; i < s->nworkers; i++) s->workers[i].listen_fd = -1;
@@ -448,6 +586,7 @@ int mw__server_run(mw_config_t *cfg) {
     w->read_buf = mw_xmalloc(65536);
     mw__list_init(&w->conns);
     mw__list_init(&w->dirty);
+    mw__list_init(&w->tasks);
     uv_mutex_init(&w->inbox_lock);
     if (uv_thread_create(&w->thread, worker_main, w)) mw_oom();
     uv_sem_wait(&s->ready);
@@ -471,9 +610,11 @@ int mw__server_run(mw_config_t *cfg) {
     exit_code = 1;
     begin_shutdown(s, 1);
   } else {
-    mw_log(MW_LOG_INFO, "server", "listening on %s:%d (%u worker%s, storage %s)",
+    const char *script = mw__config_string(cfg, "policy", NULL);
+    mw_log(MW_LOG_INFO, "server",
+           "listening on %s:%d (%u worker%s, storage %s, policy %s)",
            cfg->listen_host, port, s->nworkers, s->nworkers > 1 ? "s" : "",
-           s->storage->def.name);
+           s->storage->def.name, script ? script : "built-in default");
   }
   uv_run(&s->main_loop, UV_RUN_DEFAULT);
   for (unsigned i = 0; i < s->nworkers; i++) {
@@ -494,5 +635,6 @@ done:
   free(s);
   g_server = NULL;
   mw__metrics_free();
+  mw__conn_limits_free();
   return exit_code;
 }

@@ -9,6 +9,7 @@
 #include "config.h"
 #include "moonwire/plugin.h"
 #include "plugin_loader.h"
+#include "policy.h"
 
 typedef struct mw_hub mw_hub_t;
 typedef struct mw_server mw_server_t;
@@ -33,6 +34,8 @@ struct mw_worker {
   size_t inbox_len, inbox_cap;
   _Atomic int command;    /* MW_WORKER_CMD_* bits */
   mw_hub_t *hub;
+  mw_policy_t *policy;    /* this loop's Lua state */
+  mw_link_t tasks;        /* mw_task_t to run on this loop, guarded by inbox_lock */
   mw_link_t conns;        /* every open connection of this loop */
   mw_link_t dirty;        /* connections with writes to flush */
   size_t conn_count;
@@ -43,6 +46,13 @@ struct mw_worker {
 };
 
 enum { MW_WORKER_CMD_DRAIN = 1, MW_WORKER_CMD_STOP = 2 };
+
+/* A function to run on a given worker's loop (see mw__worker_post). */
+typedef struct mw_task {
+  mw_link_t link;
+  void (*fn)(mw_worker_t *w, void *arg);
+  void *arg;
+} mw_task_t;
 
 /* A route: exact method and path. Core routes have plugin == NULL. */
 typedef struct mw_route {
@@ -82,6 +92,20 @@ void mw__server_install(mw_server_t *s);
 /* Hands a sealed event to every worker's hub (takes one reference per
  * worker). Any thread. Order is preserved per caller. */
 void mw__server_fanout(mw_event_t *ev);
+
+/* Runs fn(w, arg) on w's loop soon (any thread). Returns 0, or MW_ECLOSED
+ * if the worker has stopped (fn will not run). */
+int mw__worker_post(mw_worker_t *w, void (*fn)(mw_worker_t *, void *),
+                    void *arg);
+
+/* Reloads the policy on every worker. `done(err, arg)` runs once on worker
+ * `origin` (or, with origin NULL, on whichever worker finishes last) with
+ * NULL or the first error text. Any thread. */
+void mw__server_reload(mw_worker_t *origin,
+                       void (*done)(const char *err, void *arg), void *arg);
+
+/* The policy limits from the configuration. */
+mw_policy_limits_t mw__server_policy_limits(const mw_config_t *cfg);
 
 /* The worker-local state of `plugin` on worker `w`. */
 void *mw__server_wstate(mw_worker_t *w, struct mw_plugin_handle *plugin);

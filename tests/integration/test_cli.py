@@ -77,8 +77,12 @@ class BadInvocation(unittest.TestCase):
     def test_bad_log_format(self):
         self.assertUsageError(run(["--log-format", "xml"]), "log-format")
 
-    def test_policy_not_available_yet(self):
-        self.assertUsageError(run(["--policy", "x.lua"]), "not available yet")
+    def test_policy_missing_file(self):
+        self.assertUsageError(run(["--policy", "/nonexistent/x.lua"]), "/nonexistent/x.lua")
+
+    def test_policy_syntax_error(self):
+        path = write_config("function on_connect(req) return {\n")
+        self.assertUsageError(run(["--policy", path]), path)
 
     def test_redis_not_available_yet(self):
         self.assertUsageError(run(["--redis", "redis://127.0.0.1:6379"]), "not available yet")
@@ -119,9 +123,9 @@ class BadInvocation(unittest.TestCase):
         self.assertUsageError(run(["--config", "/nonexistent/moonwire.lua"]),
                               "/nonexistent/moonwire.lua")
 
-    def test_config_policy_not_available_yet(self):
-        path = write_config('return { policy = "x.lua" }')
-        self.assertUsageError(run(["--config", path]), "not available yet")
+    def test_config_policy_missing_file(self):
+        path = write_config('return { policy = "/nonexistent/p.lua" }')
+        self.assertUsageError(run(["--config", path]), "/nonexistent/p.lua")
 
     def test_config_sandboxed(self):
         # The config chunk runs without io/os.execute.

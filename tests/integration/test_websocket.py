@@ -143,14 +143,19 @@ class Protocol(ServerTestCase):
                 self.assertEqual((await ws_recv(sub))["seq"], 2)
         self.arun(go())
 
-    def test_presence_and_auth_not_available_yet(self):
+    def test_presence_not_available_yet_and_auth_once(self):
         async def go():
             async with ws_connect(self.srv) as ws:
-                for msg in ({"type": "presence", "id": "pr", "topic": "room:1"},
-                            {"type": "auth", "id": "au", "token": "t"}):
+                # The first message authenticates (the default policy lets
+                # anyone in); a second auth is refused, the connection stays.
+                reply, _ = await ws_request(ws, {"type": "auth", "id": "a0", "token": "t"})
+                self.assertEqual(reply["type"], "ack")
+                self.assertEqual(reply["data"]["user_id"], "anonymous")
+                for msg, code in (({"type": "presence", "id": "pr", "topic": "room:1"}, 501),
+                                  ({"type": "auth", "id": "au", "token": "t"}, 400)):
                     reply, _ = await ws_request(ws, msg)
                     self.assertEqual(reply["type"], "error", msg)
-                    self.assertEqual(reply["code"], 501, msg)
+                    self.assertEqual(reply["code"], code, msg)
                 reply, _ = await ws_request(ws, {"type": "ping", "id": "open"})
                 self.assertEqual(reply["type"], "pong")
         self.arun(go())

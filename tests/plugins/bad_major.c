@@ -9,7 +9,7 @@ static int bad_init(const mw_host_v1_t *host, mw_plugin_handle_t *self,
 /* The exported plugin struct, with a wrong abi_major. */
 __attribute__((visibility("default"))) const mw_plugin_v1_t mw_plugin_v1 = {
     .abi_major = 2, /* what this moonwire refuses */
-    .abi_minor = MW_ABI_MINOR,
+    .abi_minor = 0,
     .struct_size = sizeof(mw_plugin_v1_t),
     .kind = MW_PLUGIN_TRANSPORT,
     .name = "bad_major",

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "http.h"
+#include "client.h"
 #include "hub.h"
 #include "log.h"
 
@@ -31,6 +32,7 @@ void fixture_init(core_fixture_t *f, const char *const *flags) {
   mw__server_install(&f->server);
   mw__conn_metrics_init();
   mw__hub_metrics_init();
+  mw__client_metrics_init();
   mw_worker_t *w = &f->worker;
   w->server = &f->server;
   assert_int_equal(uv_loop_init(&w->loop), 0);
@@ -38,6 +40,28 @@ void fixture_init(core_fixture_t *f, const char *const *flags) {
   mw__list_init(&w->conns);
   mw__list_init(&w->dirty);
   w->hub = mw__hub_new(w);
+  fixture_set_policy(f, NULL);
+}
+
+void fixture_set_policy(core_fixture_t *f, const char *lua_source) {
+  mw_worker_t *w = &f->worker;
+  mw__policy_free(w->policy);
+  w->policy = NULL;
+  const char *path = NULL;
+  char tmpl[] = "/tmp/mwpolicyXXXXXX";
+  if (lua_source) {
+    int fd = mkstemp(tmpl);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, lua_source, strlen(lua_source)),
+                     (ssize_t)strlen(lua_source));
+    close(fd);
+    path = tmpl;
+  }
+  mw_policy_limits_t lim = {50, 64 << 20};
+  char err[256];
+  w->policy = mw__policy_new(path, &lim, err, sizeof err);
+  if (!w->policy) fail_msg("policy: %s", err);
+  if (path) unlink(path);
 }
 
 void fixture_done(core_fixture_t *f) {
@@ -46,6 +70,8 @@ void fixture_done(core_fixture_t *f) {
   uv_run(&w->loop, UV_RUN_DEFAULT);
   assert_int_equal(w->conn_count, 0);
   mw__hub_free(w->hub);
+  mw__policy_free(w->policy);
+  w->policy = NULL;
   assert_int_equal(uv_loop_close(&w->loop), 0);
   free(w->read_buf);
   free(f->server.routes);

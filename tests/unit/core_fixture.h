@@ -20,6 +20,10 @@ typedef struct core_fixture {
 /* Sets up config (extra flags in argv, NULL-terminated), server, worker. */
 void fixture_init(core_fixture_t *f, const char *const *flags);
 
+/* Replaces the worker's policy with one loaded from `lua_source` (NULL: the
+ * built-in default). */
+void fixture_set_policy(core_fixture_t *f, const char *lua_source);
+
 /* Closes every connection, runs the loop dry, asserts it closes (0). */
 void fixture_done(core_fixture_t *f);
 

@@ -286,6 +286,53 @@ static void h_client_free(mw_client_t **pc) {
   *pc = NULL;
 }
 
+static void h_client_attach_request(mw_client_t *c,
+                                    const mw_http_request_t *req) {
+  (void)c;
+  (void)req;
+}
+
+static int h_client_has_token(const mw_client_t *c) {
+  (void)c;
+  return fake.request_token;
+}
+
+static int h_policy_has_connect(mw_worker_t *w) {
+  (void)w;
+  return fake.policy_has_connect;
+}
+
+static int h_client_connect(mw_client_t *c, const char *token, int *code) {
+  (void)c;
+  fake.connects++;
+  snprintf(fake.connect_token, sizeof fake.connect_token, "%s",
+           token ? token : "");
+  if (code) *code = fake.connect_code;
+  return fake.connect_status;
+}
+
+static const char *h_client_error(const mw_client_t *c, int *code) {
+  (void)c;
+  if (code) *code = fake.connect_code;
+  return fake.connect_reason ? fake.connect_reason : "";
+}
+
+static const char *h_client_user_id(const mw_client_t *c) {
+  (void)c;
+  return fake.connect_status ? NULL : "u1";
+}
+
+static const char *h_client_tenant_id(const mw_client_t *c) {
+  (void)c;
+  return NULL;
+}
+
+static void h_client_disconnect(mw_client_t **pc, const char *reason) {
+  snprintf(fake.disconnect_reason, sizeof fake.disconnect_reason, "%s",
+           reason ? reason : "");
+  h_client_free(pc);
+}
+
 static const char *h_client_id(const mw_client_t *c) {
   return "test-0-1";
 }
@@ -294,6 +341,8 @@ static int h_subscribe(mw_client_t *c, const char *topic) {
   fake_record("subscribe", topic);
   if (!*topic || strchr(topic, ' ')) return MW_EINVAL;
   if (fake_client_has(c, topic)) return MW_EEXIST;
+  if (fake.subscribe_deny && !strcmp(topic, fake.subscribe_deny))
+    return MW_EDENIED;
   if (c->ntopics >= fake.max_topics || c->ntopics >= FAKE_MAX_TOPICS)
     return MW_ELIMIT;
   c->topics[c->ntopics++] = fake_strndup(topic, strlen(topic));
@@ -426,6 +475,14 @@ void fake_host_init(uv_loop_t *loop) {
   h->topic_position = h_topic_position;
   h->metric = h_metric;
   h->metric_add = h_metric_add;
+  h->client_attach_request = h_client_attach_request;
+  h->client_has_token = h_client_has_token;
+  h->policy_has_connect = h_policy_has_connect;
+  h->client_connect = h_client_connect;
+  h->client_error = h_client_error;
+  h->client_user_id = h_client_user_id;
+  h->client_tenant_id = h_client_tenant_id;
+  h->client_disconnect = h_client_disconnect;
 }
 
 void fake_host_close_all(void) {

@@ -104,6 +104,16 @@ typedef struct fake_state {
   int ncalls;
   int clients_live;
   int event_refs; /* event_ref minus event_unref */
+  /* identity (ABI 1.1) */
+  int policy_has_connect; /* policy_has_connect answers this */
+  int request_token;      /* client_has_token answers this */
+  int connect_status;     /* client_connect returns this (0: allowed) */
+  int connect_code;       /* ... with this code */
+  const char *connect_reason;
+  char connect_token[64]; /* the token client_connect was given ("" none) */
+  int connects;           /* client_connect calls */
+  const char *subscribe_deny; /* subscribe answers MW_EDENIED for this topic */
+  char disconnect_reason[64]; /* what client_disconnect was told */
 } fake_state_t;
 
 extern fake_state_t fake;

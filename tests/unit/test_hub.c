@@ -8,6 +8,7 @@
 
 #include "core_fixture.h"
 #include "event.h"
+#include "client.h"
 #include "hub.h"
 
 typedef struct rec {
@@ -19,6 +20,19 @@ static void deliver(mw_client_t *c, mw_event_t *ev, void *ud) {
   rec_t *r = ud;
   r->got++;
   r->last_seq = ev->seq;
+}
+
+static mw_client_t *client(core_fixture_t *f, rec_t *r, const char *token) {
+  mw_client_t *c = mw__client_new(&f->worker, "websocket", deliver, r);
+  int code = 0;
+  assert_int_equal(mw__client_connect(c, token, &code), 0);
+  return c;
+}
+
+static mw_event_t *sealed_data(const char *topic, uint64_t seq, json_t *data) {
+  mw_event_t *ev = mw__event_draft(topic, "UPDATED", "t1", data);
+  assert_int_equal(mw__event_seal(ev, seq, "e1"), 0);
+  return ev;
 }
 
 static mw_event_t *sealed(const char *topic, uint64_t seq) {
@@ -43,8 +57,8 @@ static int teardown(void **state) {
 static void test_deliver_only_to_subscribers(void **state) {
   core_fixture_t *f = *state;
   rec_t a = {0}, b = {0};
-  mw_client_t *ca = mw__client_new(&f->worker, "websocket", deliver, &a);
-  mw_client_t *cb = mw__client_new(&f->worker, "websocket", deliver, &b);
+  mw_client_t *ca = client(f, &a, NULL);
+  mw_client_t *cb = client(f, &b, NULL);
   assert_int_equal(mw__subscribe(ca, "room:1"), 0);
   assert_int_equal(mw__subscribe(cb, "room:2"), 0);
   mw_event_t *ev = sealed("room:1", 7);
@@ -63,7 +77,7 @@ static void test_deliver_only_to_subscribers(void **state) {
 static void test_subscribe_rules(void **state) {
   core_fixture_t *f = *state;
   rec_t r = {0};
-  mw_client_t *c = mw__client_new(&f->worker, "websocket", deliver, &r);
+  mw_client_t *c = client(f, &r, NULL);
   assert_int_equal(mw__subscribe(c, "t"), 0);
   assert_int_equal(mw__subscribe(c, "t"), MW_EEXIST);
   assert_int_equal(mw__subscribe(c, ""), MW_EINVAL);
@@ -83,7 +97,7 @@ static void test_subscribe_rules(void **state) {
 static void test_topic_limit_per_client(void **state) {
   core_fixture_t *f = *state;
   rec_t r = {0};
-  mw_client_t *c = mw__client_new(&f->worker, "websocket", deliver, &r);
+  mw_client_t *c = client(f, &r, NULL);
   char name[32];
   for (int i = 0; i < 256; i++) {
     snprintf(name, sizeof name, "topic:%d", i);
@@ -98,8 +112,8 @@ static void test_topic_limit_per_client(void **state) {
 static void test_unsubscribe_stops_delivery(void **state) {
   core_fixture_t *f = *state;
   rec_t a = {0}, b = {0};
-  mw_client_t *ca = mw__client_new(&f->worker, "websocket", deliver, &a);
-  mw_client_t *cb = mw__client_new(&f->worker, "sse", deliver, &b);
+  mw_client_t *ca = client(f, &a, NULL);
+  mw_client_t *cb = client(f, &b, NULL);
   assert_int_equal(mw__subscribe(ca, "t"), 0);
   assert_int_equal(mw__subscribe(cb, "t"), 0);
   mw_event_t *e1 = sealed("t", 1), *e2 = sealed("t", 2);
@@ -119,12 +133,127 @@ static void test_unsubscribe_stops_delivery(void **state) {
 static void test_client_ids_unique(void **state) {
   core_fixture_t *f = *state;
   rec_t r = {0};
-  mw_client_t *a = mw__client_new(&f->worker, "websocket", deliver, &r);
-  mw_client_t *b = mw__client_new(&f->worker, "websocket", deliver, &r);
+  mw_client_t *a = client(f, &r, NULL);
+  mw_client_t *b = client(f, &r, NULL);
   assert_string_not_equal(mw__client_id(a), mw__client_id(b));
   assert_non_null(strstr(mw__client_id(a), "test-0-"));
   mw__client_free(&a);
   mw__client_free(&b);
+}
+
+/* Records the wire bytes each recipient got. */
+typedef struct seen {
+  int got;
+  const mw_event_t *last;
+} seen_t;
+
+static void deliver_seen(mw_client_t *c, mw_event_t *ev, void *ud) {
+  seen_t *s = ud;
+  s->got++;
+  s->last = ev;
+}
+
+static const char tenant_policy[] =
+    "function on_connect(req)\n"
+    "  if req.token == 'acme' then return {user_id='a1', tenant_id='acme'} end\n"
+    "  if req.token == 'globex' then return {user_id='g1', tenant_id='globex'} end\n"
+    "  if req.token == 'admin' then return {user_id='root', tenant_id='ops', all_tenants=true} end\n"
+    "  if req.token == 'nobody' then return nil, 401, 'who are you' end\n"
+    "  return {user_id='anon'}\n"
+    "end\n"
+    "function on_subscribe(conn, topic)\n"
+    "  if topic == 'secret' then return false, 403, 'no secrets' end\n"
+    "  return true\n"
+    "end\n";
+
+static mw_client_t *client_seen(core_fixture_t *f, seen_t *s, const char *tok) {
+  mw_client_t *c = mw__client_new(&f->worker, "websocket", deliver_seen, s);
+  int code = 0;
+  assert_int_equal(mw__client_connect(c, tok, &code), 0);
+  assert_int_equal(mw__subscribe(c, "t"), 0);
+  return c;
+}
+
+static void test_tenant_isolation(void **state) {
+  core_fixture_t *f = *state;
+  fixture_set_policy(f, tenant_policy);
+  seen_t a = {0}, g = {0}, anon = {0}, admin = {0};
+  mw_client_t *ca = client_seen(f, &a, "acme");
+  mw_client_t *cg = client_seen(f, &g, "globex");
+  mw_client_t *cn = client_seen(f, &anon, NULL);
+  mw_client_t *cr = client_seen(f, &admin, "admin");
+  assert_string_equal(mw__client_tenant_id(ca), "acme");
+  mw_event_t *acme_ev =
+      sealed_data("t", 1, json_pack("{s:s}", "tenant_id", "acme"));
+  mw_event_t *public_ev = sealed_data("t", 2, json_pack("{s:i}", "x", 1));
+  mw__hub_deliver(f->worker.hub, acme_ev);
+  mw__hub_deliver(f->worker.hub, public_ev);
+  assert_int_equal(a.got, 2);     /* own tenant + public */
+  assert_int_equal(g.got, 1);     /* public only */
+  assert_ptr_equal(g.last, public_ev);
+  assert_int_equal(anon.got, 2);  /* no tenant: sees everything */
+  assert_int_equal(admin.got, 2); /* widened explicitly */
+  assert_ptr_equal(a.last, public_ev); /* unchanged: the shared event */
+  mw_event_unref(&acme_ev);
+  mw_event_unref(&public_ev);
+  mw__client_free(&ca);
+  mw__client_free(&cg);
+  mw__client_free(&cn);
+  mw__client_free(&cr);
+}
+
+static void test_connect_and_subscribe_denied(void **state) {
+  core_fixture_t *f = *state;
+  fixture_set_policy(f, tenant_policy);
+  rec_t r = {0};
+  mw_client_t *c = mw__client_new(&f->worker, "websocket", deliver, &r);
+  assert_int_equal(mw__subscribe(c, "t"), MW_EDENIED); /* not connected */
+  int code = 0;
+  assert_int_equal(mw__client_connect(c, "nobody", &code), MW_EDENIED);
+  assert_int_equal(code, 401);
+  assert_string_equal(mw__client_error(c, NULL), "who are you");
+  mw__client_free(&c);
+  c = client(f, &r, "acme");
+  assert_int_equal(mw__subscribe(c, "secret"), MW_EDENIED);
+  assert_string_equal(mw__client_error(c, &code), "no secrets");
+  assert_int_equal(code, 403);
+  assert_int_equal(mw__subscribe(c, "open"), 0);
+  mw__client_free(&c);
+}
+
+static void test_deliver_hook_drop_and_shared_transform(void **state) {
+  core_fixture_t *f = *state;
+  fixture_set_policy(
+      f, "function on_connect(req) return {user_id=req.token} end\n"
+         "local redacted = {}\n"
+         "function on_deliver(conn, ev)\n"
+         "  if conn.user_id == 'drop' then return nil end\n"
+         "  if conn.user_id == 'redact' then\n"
+         "    local c = moonwire.copy(ev); c.data.secret = nil; return c\n"
+         "  end\n"
+         "  return ev\n"
+         "end\n");
+  seen_t keep = {0}, drop = {0}, r1 = {0}, r2 = {0};
+  mw_client_t *ck = client_seen(f, &keep, "keep");
+  mw_client_t *cd = client_seen(f, &drop, "drop");
+  mw_client_t *c1 = client_seen(f, &r1, "redact");
+  mw_client_t *c2 = client_seen(f, &r2, "redact");
+  mw_event_t *ev =
+      sealed_data("t", 5, json_pack("{s:s,s:s}", "secret", "s3", "ok", "y"));
+  mw__hub_deliver(f->worker.hub, ev);
+  assert_int_equal(keep.got, 1);
+  assert_ptr_equal(keep.last, ev); /* unchanged: no re-encode */
+  assert_int_equal(drop.got, 0);
+  assert_int_equal(r1.got, 1);
+  assert_int_equal(r2.got, 1);
+  assert_ptr_not_equal(r1.last, ev);
+  /* Two equal results from two different tables: encoded once. */
+  assert_ptr_equal(r1.last, r2.last);
+  mw_event_unref(&ev);
+  mw__client_free(&ck);
+  mw__client_free(&cd);
+  mw__client_free(&c1);
+  mw__client_free(&c2);
 }
 
 int main(void) {
@@ -137,6 +266,11 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_unsubscribe_stops_delivery, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_client_ids_unique, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_tenant_isolation, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_connect_and_subscribe_denied, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(
+          test_deliver_hook_drop_and_shared_transform, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

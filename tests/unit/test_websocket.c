@@ -547,6 +547,80 @@ static void test_ping_pong(void **st) {
   assert_memory_equal(f.p, "hb", 2);
 }
 
+static void test_token_in_request_decides_before_upgrade(void **st) {
+  fake.policy_has_connect = 1;
+  fake.request_token = 1;
+  fake.connect_status = MW_EDENIED;
+  fake.connect_code = 403;
+  fake.connect_reason = "bad \"token\"";
+  mw_http_request_t *req = handshake(NULL, RFC_KEY, "13");
+  assert_int_equal(fake_route_call("GET", "/ws", req, g_wstate), 0);
+  assert_null(req->taken);
+  assert_int_equal(req->status, 403);
+  assert_non_null(strstr(req->body, "bad \\\"token\\\""));
+  assert_int_equal(fake.connects, 1);
+  assert_int_equal(fake.clients_live, 0);
+}
+
+static void test_first_message_auth(void **st) {
+  fake.policy_has_connect = 1;
+  mw_conn_t *c = connect_ws(NULL, NULL);
+  assert_int_equal(fake.connects, 0); /* waits for the first message */
+  send_text(c, "{\"type\":\"auth\",\"id\":\"a1\",\"token\":\"tok\"}");
+  json_t *j = read_json(c);
+  assert_json_str(j, "type", "ack");
+  assert_json_str(j, "id", "a1");
+  assert_json_str(json_object_get(j, "data"), "user_id", "u1");
+  json_decref(j);
+  assert_int_equal(fake.connects, 1);
+  assert_string_equal(fake.connect_token, "tok");
+  send_text(c, "{\"type\":\"auth\",\"id\":\"a2\",\"token\":\"again\"}");
+  j = read_json(c);
+  assert_json_str(j, "type", "error");
+  assert_int_equal(json_integer_value(json_object_get(j, "code")), 400);
+  json_decref(j);
+  assert_int_equal(fake.connects, 1);
+}
+
+static void test_first_message_denied_closes_1008(void **st) {
+  fake.policy_has_connect = 1;
+  fake.connect_status = MW_EDENIED;
+  fake.connect_code = 401;
+  fake.connect_reason = "token expired";
+  mw_conn_t *c = connect_ws(NULL, NULL);
+  send_text(c, "{\"type\":\"auth\",\"id\":\"a1\",\"token\":\"old\"}");
+  expect_close(c, 1008, "token expired");
+  assert_true(c->closed);
+}
+
+static void test_first_message_without_auth_connects_anonymously(void **st) {
+  fake.policy_has_connect = 1;
+  mw_conn_t *c = connect_ws(NULL, NULL);
+  send_text(c, "{\"type\":\"subscribe\",\"id\":\"r1\",\"topics\":[\"a\"]}");
+  json_t *j = read_json(c);
+  assert_json_str(j, "type", "ack");
+  json_decref(j);
+  assert_int_equal(fake.connects, 1);
+  assert_string_equal(fake.connect_token, "");
+}
+
+static void test_subscribe_denied_carries_code_and_reason(void **st) {
+  mw_conn_t *c = connect_ws(NULL, NULL);
+  fake.subscribe_deny = "gift-list:secret";
+  fake.connect_code = 403;
+  fake.connect_reason = "not your list";
+  send_text(c, "{\"type\":\"subscribe\",\"id\":\"r9\",\"topics\":[\"a\","
+               "\"gift-list:secret\"]}");
+  json_t *j = read_json(c);
+  assert_json_str(j, "type", "error");
+  assert_json_str(j, "id", "r9");
+  assert_int_equal(json_integer_value(json_object_get(j, "code")), 403);
+  assert_json_str(j, "reason", "not your list");
+  json_decref(j);
+  assert_false(fake_client_has(fake_last_client(), "a")); /* rolled back */
+  assert_false(c->closed);
+}
+
 static void test_presence_501(void **st) {
   mw_conn_t *c = connect_ws(NULL, NULL);
   send_text(c, "{\"type\":\"presence\",\"id\":\"r3\",\"topic\":\"room:1\"}");
@@ -992,6 +1066,11 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(test_malformed_json, setup, teardown),
       cmocka_unit_test_setup_teardown(test_ping_pong, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_token_in_request_decides_before_upgrade, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_first_message_auth, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_first_message_denied_closes_1008, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_first_message_without_auth_connects_anonymously, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_subscribe_denied_carries_code_and_reason, setup, teardown),
       cmocka_unit_test_setup_teardown(test_presence_501, setup, teardown),
       cmocka_unit_test_setup_teardown(test_publish, setup, teardown),
       cmocka_unit_test_setup_teardown(test_publish_answer_after_close, setup,

@@ -7,6 +7,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include <jansson.h>
+
 #include "ws_internal.h"
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -167,8 +169,19 @@ static void ws_route(mw_http_request_t *req, void *wstate) {
                         : "",
                    echo ? "\r\n" : "");
 
-  int rc = ws_session_open(ws, req, proto, head, (size_t)n);
-  if (rc == MW_ENOMEM || rc == MW_EUNAVAIL) {
+  int deny_code = 401;
+  char deny_reason[160] = "";
+  int rc = ws_session_open(ws, req, proto, head, (size_t)n, &deny_code,
+                           deny_reason, sizeof deny_reason);
+  if (rc == MW_EDENIED || rc == MW_ELIMIT) {
+    json_t *body = json_pack("{s:s}", "error", deny_reason);
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    host->http_respond(req, deny_code ? deny_code : 401, "application/json",
+                       deny_code == 401 ? "WWW-Authenticate: Bearer\r\n" : NULL,
+                       text ? text : "{}", text ? strlen(text) : 2);
+    free(text);
+    json_decref(body);
+  } else if (rc == MW_ENOMEM || rc == MW_EUNAVAIL) {
     host->http_respond(req, 503, "application/json", NULL,
                        "{\"error\":\"cannot accept connection\"}", 36);
     host->metric_add(ws->p->m_rejected[WS_REJECT_503], 1);

@@ -114,6 +114,8 @@ struct ws_session {
   unsigned in_list : 1;
   unsigned timer_started : 1;
   unsigned timer_closed : 1;
+  unsigned authed : 1;     /* host->client_connect allowed the client */
+  const char *close_reason; /* static text for on_disconnect, or NULL */
 };
 
 /* websocket.c */
@@ -130,14 +132,18 @@ ws_proto_t ws_handshake_subprotocol(const char *offered, int *echo);
 
 /* ws_session.c */
 
-/* Creates a session for an accepted handshake, takes the connection over
- * with `head` (the 101 response) and starts its timer. Answers nothing
+/* Creates a session for an accepted handshake, asks the policy whether the
+ * client may connect when the request carries a token (or the policy has no
+ * on_connect; otherwise the first message decides), takes the connection
+ * over with `head` (the 101 response) and starts its timer. Answers nothing
  * itself: returns 0 (the session lives on, owned by its connection),
  * MW_ENOMEM or MW_EUNAVAIL before the take (the caller still owns `req` and
- * must answer it), or MW_ECLOSED when the peer was already gone (`req` is
- * consumed). */
+ * must answer it), MW_EDENIED / MW_ELIMIT when the policy refused (the
+ * caller answers `req` with *deny_code and `deny_reason`), or MW_ECLOSED
+ * when the peer was already gone (`req` is consumed). */
 int ws_session_open(ws_worker_t *ws, mw_http_request_t *req, ws_proto_t proto,
-                    const char *head, size_t head_len);
+                    const char *head, size_t head_len, int *deny_code,
+                    char *deny_reason, size_t reason_len);
 
 /* Takes / drops a reference; the last drop frees the session. */
 void ws_session_ref(ws_session_t *s);

@@ -192,8 +192,13 @@ static void ws_msg_subscribe(ws_session_t *s, json_t *msg, json_t *id) {
     } else if (rc != MW_EEXIST) {
       ws_sub_rollback(s, topics, added, i);
       free(added);
+      int code = 403;
+      const char *why = rc == MW_EDENIED ? s->host->client_error(s->client, &code)
+                                         : NULL;
       if (rc == MW_ELIMIT)
         ws_reply_error(s, id, 429, "too many topics per connection");
+      else if (rc == MW_EDENIED)
+        ws_reply_error(s, id, code ? code : 403, why && *why ? why : "forbidden");
       else
         ws_reply_error(s, id, ws_error_code(rc),
                        rc == MW_EINVAL ? "invalid topic name"
@@ -332,6 +337,43 @@ static void ws_msg_publish(ws_session_t *s, json_t *msg, json_t *id) {
   }
 }
 
+/* --- first message: auth ------------------------------------------------ */
+
+/* The client is not connected yet: {"type":"auth","token":...} (or, for any
+ * other first message, no token) goes to the policy's on_connect. Returns 1
+ * when `msg` should now be handled as usual, 0 when it was answered here or
+ * the connection is closing (refused: close 1008 with the reason). */
+static int ws_msg_first(ws_session_t *s, json_t *msg, json_t *id,
+                        const char *type) {
+  int is_auth = !strcmp(type, "auth");
+  json_t *tok = json_object_get(msg, "token");
+  if (is_auth && !json_is_string(tok)) {
+    ws_bad(s, id, WS_ERR_INVALID, "auth needs a token string");
+    return 0;
+  }
+  int code = 401;
+  int rc = s->host->client_connect(s->client,
+                                   is_auth ? json_string_value(tok) : NULL,
+                                   &code);
+  if (rc) {
+    char reason[124];
+    snprintf(reason, sizeof reason, "%s", s->host->client_error(s->client, NULL));
+    ws_session_fail(s, 1008, reason[0] ? reason : "unauthorized");
+    return 0;
+  }
+  s->authed = 1;
+  if (!is_auth) return 1;
+  json_t *data = json_object();
+  const char *user = s->host->client_user_id(s->client);
+  const char *tenant = s->host->client_tenant_id(s->client);
+  json_object_set_new(data, "client_id",
+                      json_string(s->host->client_id(s->client)));
+  if (user) json_object_set_new(data, "user_id", json_string(user));
+  if (tenant) json_object_set_new(data, "tenant_id", json_string(tenant));
+  ws_reply_ack(s, id, data);
+  return 0;
+}
+
 /* --- dispatch --------------------------------------------------------------
  */
 
@@ -370,6 +412,8 @@ void ws_messages_handle(ws_session_t *s, uint8_t opcode, const uint8_t *data,
     ws_bad(s, NULL, WS_ERR_INVALID, "id must be a string");
   } else if (!t) {
     ws_bad(s, id, WS_ERR_INVALID, "type must be a string");
+  } else if (!s->authed && !ws_msg_first(s, msg, id, t)) {
+    /* refused (the connection is closing) or answered (auth) */
   } else if (!strcmp(t, "subscribe")) {
     ws_msg_subscribe(s, msg, id);
   } else if (!strcmp(t, "unsubscribe")) {
@@ -378,7 +422,9 @@ void ws_messages_handle(ws_session_t *s, uint8_t opcode, const uint8_t *data,
     ws_msg_publish(s, msg, id);
   } else if (!strcmp(t, "ping")) {
     ws_session_send(s, ws_reply_new("pong", id));
-  } else if (!strcmp(t, "presence") || !strcmp(t, "auth")) {
+  } else if (!strcmp(t, "auth")) {
+    ws_reply_error(s, id, 400, "already authenticated");
+  } else if (!strcmp(t, "presence")) {
     ws_reply_error(s, id, 501, "not available yet");
   } else {
     ws_bad(s, id, WS_ERR_UNKNOWN_TYPE, "unknown message type");

@@ -102,6 +102,21 @@ static void ws_close_conn(ws_session_t *s) {
   s->host->conn_close(s->conn); /* on_close may run now or later */
 }
 
+/* A static reason for on_disconnect: the close we sent. */
+static const char *ws_close_reason_text(uint16_t code, const char *reason) {
+  switch (code) {
+  case 1001: return reason && !strcmp(reason, "idle timeout") ? "idle timeout"
+                                                              : "going away";
+  case 1002: return "protocol error";
+  case 1007: return "invalid utf-8";
+  case 1008: return reason && !strcmp(reason, "slow consumer")
+                        ? "slow consumer"
+                        : "policy violation";
+  case 1009: return "message too big";
+  default: return "error";
+  }
+}
+
 void ws_session_abort(ws_session_t *s, uint16_t code, const char *reason) {
   if (s->closed || s->closing || !s->conn) return;
   uint8_t frame[2 + 2 + 123];
@@ -114,6 +129,7 @@ void ws_session_abort(ws_session_t *s, uint16_t code, const char *reason) {
   memcpy(frame + 4, reason, rlen);
   s->host->conn_write(s->conn, frame, 4 + rlen, 1);
   s->close_counted = 1;
+  if (!s->close_reason) s->close_reason = ws_close_reason_text(code, reason);
   s->host->metric_add(
       s->p->m_close[code == 1002 ? WS_CLOSE_1002 : WS_CLOSE_1011], 1);
   ws_close_conn(s);
@@ -135,6 +151,7 @@ void ws_session_flush(ws_session_t *s) {
 void ws_session_fail(ws_session_t *s, uint16_t code, const char *reason) {
   if (s->closed || s->closing || s->fail_close) return;
   s->fail_close = 1;
+  if (!s->close_reason) s->close_reason = ws_close_reason_text(code, reason);
   wslay_event_shutdown_read(s->ctx);
   /* Fails harmlessly when a close was already queued or sent. */
   wslay_event_queue_close(s->ctx, code, (const uint8_t *)reason,
@@ -356,7 +373,9 @@ static void ws_on_close(void *ud) {
   if (s->closed) return;
   s->closed = 1;
   s->conn = NULL;
-  if (s->client) s->host->client_free(&s->client);
+  if (s->client)
+    s->host->client_disconnect(&s->client,
+                               s->close_reason ? s->close_reason : "closed");
   ws_timer_stop(s);
   ws_unlink(s);
   ws_session_unref(s); /* the connection's reference */
@@ -382,7 +401,8 @@ static void ws_deliver(mw_client_t *client, mw_event_t *ev, void *ud) {
  */
 
 int ws_session_open(ws_worker_t *ws, mw_http_request_t *req, ws_proto_t proto,
-                    const char *head, size_t head_len) {
+                    const char *head, size_t head_len, int *deny_code,
+                    char *deny_reason, size_t reason_len) {
   const mw_host_v1_t *host = ws->p->host;
   ws_session_t *s = calloc(1, sizeof(*s));
   if (!s) return MW_ENOMEM;
@@ -402,6 +422,20 @@ int ws_session_open(ws_worker_t *ws, mw_http_request_t *req, ws_proto_t proto,
   if (!s->client) {
     ws_session_unref(s);
     return MW_EUNAVAIL;
+  }
+  /* Credentials in the request decide now, before the upgrade; without
+   * them, a policy with on_connect waits for the first message. */
+  host->client_attach_request(s->client, req);
+  if (host->client_has_token(s->client) || !host->policy_has_connect(ws->w)) {
+    int rc = host->client_connect(s->client, NULL, deny_code);
+    if (rc) {
+      snprintf(deny_reason, reason_len, "%s",
+               host->client_error(s->client, NULL));
+      host->client_free(&s->client);
+      ws_session_unref(s);
+      return rc;
+    }
+    s->authed = 1;
   }
 
   ws_session_ref(s); /* guard */

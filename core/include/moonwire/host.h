@@ -171,15 +171,19 @@ typedef struct mw_host_v1 {
   void (*client_free)(mw_client_t **c);
   /* The client's unique id ("<node>-<worker>-<n>"). */
   const char *(*client_id)(const mw_client_t *c);
-  /* 0, MW_EEXIST (already), MW_ELIMIT (too many topics), MW_EINVAL (name). */
+  /* 0, MW_EEXIST (already), MW_ELIMIT (too many topics), MW_EINVAL (name),
+   * MW_EDENIED (tenant rules or on_subscribe refused, or the client is not
+   * connected: client_error() tells the code and reason). */
   int (*subscribe)(mw_client_t *c, const char *topic);
   /* 0 or MW_ENOTFOUND (not subscribed). */
   int (*unsubscribe)(mw_client_t *c, const char *topic);
 
   /* --- publishing through storage --- */
-  /* Validates and publishes: the storage assigns seq, stores, fans out; `cb`
-   * fires exactly once unless this returns an error. `origin` is the
-   * publishing client or NULL for the server API. */
+  /* Validates, asks the policy (tenant topic rules, on_publish with the
+   * origin's identity) and publishes: the storage assigns seq, stores, fans
+   * out. Returns 0 and fires `cb` exactly once (possibly before returning),
+   * with MW_EDENIED and the script's reason when the policy refuses.
+   * `origin` is the publishing client or NULL for the server API. */
   int (*publish)(mw_worker_t *w, const mw_publish_req_t *req,
                  mw_client_t *origin, mw_publish_cb cb, void *ud);
   /* The current seq and epoch of a topic (0 if it has no events). */
@@ -193,7 +197,34 @@ typedef struct mw_host_v1 {
                          const char *help, const char *labels);
   void (*metric_add)(mw_metric_t *m, int64_t delta);
 
-  void *reserved[16];
+  /* --- ABI 1.1: identity and policy (SPEC §4) --- */
+  /* Keeps in the client what on_connect needs from `req`: transport, remote
+   * address, headers, query, cookies and the token found in ?token=,
+   * `Authorization: Bearer` or the `moonwire_token` cookie. Call it before
+   * answering or taking the request. */
+  void (*client_attach_request)(mw_client_t *c, const mw_http_request_t *req);
+  /* 1 if the attached request carried a token. */
+  int (*client_has_token)(const mw_client_t *c);
+  /* 1 if the policy decides who connects (it defines on_connect). */
+  int (*policy_has_connect)(mw_worker_t *w);
+  /* Decides whether the client may connect: on_connect with the attached
+   * request and `token` (NULL: the attached one), then the connection limits
+   * (per user, per tenant). 0: allowed, the identity is kept in the client;
+   * MW_EDENIED or MW_ELIMIT: refused, with *code (401, 403, 429, ...) and
+   * client_error() telling why. Call once per client, before subscribe or
+   * publish (those refuse an unconnected client). */
+  int (*client_connect)(mw_client_t *c, const char *token, int *code);
+  /* Why the client's last connect/subscribe was refused ("" if it was not),
+   * and its code in *code (may be NULL). */
+  const char *(*client_error)(const mw_client_t *c, int *code);
+  /* The identity on_connect gave (NULL when none). */
+  const char *(*client_user_id)(const mw_client_t *c);
+  const char *(*client_tenant_id)(const mw_client_t *c);
+  /* Like client_free, telling on_disconnect `reason` ("closed", "idle
+   * timeout", "slow consumer", ...). */
+  void (*client_disconnect)(mw_client_t **c, const char *reason);
+
+  void *reserved[8];
 } mw_host_v1_t;
 
 #endif

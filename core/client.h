@@ -1,0 +1,56 @@
+/* A subscriber connection as the core sees it: its transport's delivery
+ * callback, its subscriptions (hub.c), and its identity from the policy
+ * (client.c): the request snapshot on_connect needs, the identity it gave,
+ * the connection limits it holds, the reason of its last refusal. */
+#ifndef MW_CLIENT_H
+#define MW_CLIENT_H
+
+#include <stddef.h>
+
+#include "moonwire/host.h"
+#include "policy.h"
+#include "server.h"
+
+typedef struct mw_sub mw_sub_t;
+typedef struct mw_client_request mw_client_request_t;
+
+struct mw_client {
+  mw_worker_t *worker;
+  char id[48];
+  char transport[24];
+  mw_metric_t *conn_gauge;
+  mw_deliver_fn deliver;
+  void *ud;
+  mw_sub_t *subs; /* hub.c */
+  size_t nsubs;
+  int connected;
+  int limits_held;
+  mw_policy_identity_t ident;
+  mw_client_request_t *request; /* until connected */
+  int err_code;
+  char err[160];
+};
+
+/* See the host table (moonwire/host.h). */
+mw_client_t *mw__client_new(mw_worker_t *w, const char *transport,
+                            mw_deliver_fn deliver, void *ud);
+void mw__client_free(mw_client_t **c);
+void mw__client_disconnect(mw_client_t **c, const char *reason);
+const char *mw__client_id(const mw_client_t *c);
+void mw__client_attach_request(mw_client_t *c, const mw_http_request_t *req);
+int mw__client_has_token(const mw_client_t *c);
+int mw__client_connect(mw_client_t *c, const char *token, int *code);
+const char *mw__client_error(const mw_client_t *c, int *code);
+const char *mw__client_user_id(const mw_client_t *c);
+const char *mw__client_tenant_id(const mw_client_t *c);
+
+/* Records a refusal (code, reason) on the client. */
+void mw__client_set_error(mw_client_t *c, int code, const char *reason);
+
+/* The worker's policy (NULL only in unit tests without one). */
+mw_policy_t *mw__worker_policy(mw_worker_t *w);
+
+/* Registers the client metrics (once, at start). */
+void mw__client_metrics_init(void);
+
+#endif

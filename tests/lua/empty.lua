@@ -1,0 +1,2 @@
+-- No hooks at all: everything is allowed and passed through unchanged.
+local unused = 1
