@@ -221,6 +221,25 @@ static void api_broadcast(mw_http_request_t *req, void *unused) {
   json_decref(root);
 }
 
+/* --- POST /api/reload --------------------------------------------------- */
+
+static void on_reloaded(const char *err, void *ud) {
+  mw_http_request_t *req = ud;
+  if (err) {
+    mw_log(MW_LOG_ERROR, "policy", "reload failed, keeping the old policy: %s",
+           err);
+    respond_error(req, 400, err);
+    return;
+  }
+  mw_log(MW_LOG_INFO, "policy", "reloaded (POST /api/reload)");
+  mw__http_respond_json(req, 200, "{\"status\":\"reloaded\"}");
+}
+
+static void api_reload(mw_http_request_t *req, void *unused) {
+  if (!api_allowed(req)) return;
+  mw__server_reload(mw__http_worker(req), on_reloaded, req);
+}
+
 /* --- GET /healthz, /metrics, / ------------------------------------------ */
 
 static void healthz(mw_http_request_t *req, void *unused) {
@@ -260,6 +279,7 @@ void mw__api_register(mw_server_t *s) {
                           "reason=\"api_auth\"");
   mw__server_route(s, "POST", "/api/publish", api_publish, NULL);
   mw__server_route(s, "POST", "/api/broadcast", api_broadcast, NULL);
+  mw__server_route(s, "POST", "/api/reload", api_reload, NULL);
   mw__server_route(s, "GET", "/healthz", healthz, NULL);
   mw__server_route(s, "GET", "/metrics", metrics, NULL);
   mw__server_route(s, "GET", "/", index_page, NULL);

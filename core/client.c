@@ -156,8 +156,11 @@ int mw__client_connect(mw_client_t *c, const char *token, int *code) {
   memset(&res, 0, sizeof res);
   mw__policy_connect(p, &req, c->id, &c->ident, &res);
   if (res.status != MW_POLICY_OK || res.verdict != MW_VERDICT_ALLOW) {
+    /* A failed script's text (script:line) stays in the log. */
     mw__client_set_error(c, res.code ? res.code : 401,
-                         res.reason[0] ? res.reason : "unauthorized");
+                         res.status != MW_POLICY_OK ? "policy error"
+                         : res.reason[0]            ? res.reason
+                                                    : "unauthorized");
     mw__policy_result_clear(&res);
     mw__metric_add(m_rej_connect, 1);
     if (code) *code = c->err_code;

@@ -194,7 +194,9 @@ int mw__subscribe(mw_client_t *c, const char *topic) {
     int ok = res.status == MW_POLICY_OK && res.verdict == MW_VERDICT_ALLOW;
     if (!ok) {
       mw__client_set_error(c, res.code ? res.code : 403,
-                           res.reason[0] ? res.reason : "forbidden");
+                           res.status != MW_POLICY_OK ? "policy error"
+                           : res.reason[0]            ? res.reason
+                                                      : "forbidden");
       mw__metric_add(m_rej_subscribe, 1);
     }
     mw__policy_result_clear(&res);

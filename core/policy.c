@@ -43,13 +43,13 @@
 #define MW_POLICY_JIT 0
 #endif
 
-#define HOOK_COUNT 1000          /* instructions between budget checks */
+#define HOOK_COUNT 1000 /* instructions between budget checks */
 #define DEFAULT_BUDGET_MS 50
 #define DEFAULT_MEMORY ((size_t)64 << 20)
-#define LOAD_BUDGET_MIN_MS 1000  /* running a script file at load */
-#define CONV_DEPTH 64            /* nesting of event data we convert */
+#define LOAD_BUDGET_MIN_MS 1000 /* running a script file at load */
+#define CONV_DEPTH 64           /* nesting of event data we convert */
 #define STACK_ROOM (3 * CONV_DEPTH + 16)
-#define OUT_CACHE_MAX 256        /* deliver results kept per event */
+#define OUT_CACHE_MAX 256 /* deliver results kept per event */
 #define LOG_INTERVAL_NS 1000000000ull
 
 enum {
@@ -62,9 +62,9 @@ enum {
   H_COUNT
 };
 
-static const char *const hook_names[H_COUNT] = {
-    "on_connect", "on_subscribe", "on_publish", "on_deliver", "on_disconnect",
-    "transform"};
+static const char *const hook_names[H_COUNT] = {"on_connect",    "on_subscribe",
+                                                "on_publish",    "on_deliver",
+                                                "on_disconnect", "transform"};
 
 static const char *const status_names[] = {"ok", "error", "timeout", "nomem",
                                            "badreturn"};
@@ -83,8 +83,8 @@ typedef struct tenant {
  * the JSON made of it. Its address is the result's out_key. */
 typedef struct outent {
   const void *table;
-  json_t *out;              /* NULL once superseded or past the cache cap */
-  struct outent *all_next;  /* every entry of the event, freed together */
+  json_t *out;             /* NULL once superseded or past the cache cap */
+  struct outent *all_next; /* every entry of the event, freed together */
   UT_hash_handle hh;
 } outent_t;
 
@@ -160,7 +160,8 @@ static int has_position(const char *m) {
   for (const char *c = strchr(m, ':'); c; c = strchr(c + 1, ':')) {
     const char *d = c + 1;
     if (*d < '0' || *d > '9') continue;
-    while (*d >= '0' && *d <= '9') d++;
+    while (*d >= '0' && *d <= '9')
+      d++;
     if (*d == ':') return 1;
   }
   return 0;
@@ -199,7 +200,8 @@ static int state_panic(lua_State *L) {
 static void tenant_free(pstate_t *s, tenant_t *t) {
   if (s && s->L && t->transform != LUA_NOREF)
     luaL_unref(s->L, LUA_REGISTRYINDEX, t->transform);
-  for (size_t i = 0; i < t->ntopics; i++) free(t->topics[i]);
+  for (size_t i = 0; i < t->ntopics; i++)
+    free(t->topics[i]);
   free(t->topics);
   free(t->id);
   free(t);
@@ -259,7 +261,7 @@ typedef struct load {
   int ok;
   struct dirent **names; /* tenants/ listing, freed by the caller */
   int nnames;
-  char *buf;             /* a tenant file being read, freed by the caller */
+  char *buf; /* a tenant file being read, freed by the caller */
 } load_t;
 
 static void load_err(load_t *lc, const char *fmt, ...)
@@ -314,8 +316,10 @@ static int tenant_load(lua_State *L, load_t *lc, const char *id, int idx,
     const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
     if (!k || (strcmp(k, "max_connections") && strcmp(k, "topics") &&
                strcmp(k, "transform"))) {
-      load_err(lc, "%s: unknown key '%s' (expected max_connections, topics, "
-               "transform)", where, k ? k : luaL_typename(L, -2));
+      load_err(lc,
+               "%s: unknown key '%s' (expected max_connections, topics, "
+               "transform)",
+               where, k ? k : luaL_typename(L, -2));
       return 0;
     }
     lua_pop(L, 1);
@@ -484,9 +488,10 @@ static int open_lib(lua_State *L, lua_CFunction f, const char *name) {
 /* Builds the sandbox environment, leaves nothing on the stack. */
 static void build_env(lua_State *L, pstate_t *s) {
   static const char *const base[] = {
-      "assert", "error", "ipairs", "next", "pairs", "pcall", "select",
-      "tonumber", "tostring", "type", "unpack", "xpcall", "rawequal",
-      "rawget", "setmetatable", "getmetatable", NULL};
+      "assert",       "error",  "ipairs",   "next",     "pairs",
+      "pcall",        "select", "tonumber", "tostring", "type",
+      "unpack",       "xpcall", "rawequal", "rawget",   "setmetatable",
+      "getmetatable", NULL};
   lua_newtable(L);
   int env = lua_gettop(L);
   for (int i = 0; base[i]; i++) {
@@ -513,8 +518,10 @@ static void build_env(lua_State *L, pstate_t *s) {
     lua_pop(L, 1);
   }
   lua_getglobal(L, "os");
-  lua_createtable(L, 0, 3);
-  static const char *const os_fns[] = {"time", "clock", "date", NULL};
+  lua_createtable(L, 0, 4);
+  /* os.getenv lets scripts read secrets (JWT keys) from the environment. */
+  static const char *const os_fns[] = {"time", "clock", "date", "getenv",
+                                       NULL};
   for (int i = 0; os_fns[i]; i++) {
     lua_getfield(L, -2, os_fns[i]);
     lua_setfield(L, -2, os_fns[i]);
@@ -549,13 +556,14 @@ static int load_body(lua_State *L) {
   s->tramp = luaL_ref(L, LUA_REGISTRYINDEX);
 
   const char *name = lc->script ? lc->script : "default.lua";
-  int rc = lc->script
-               ? luaL_loadfile(L, lc->script)
-               : luaL_loadbuffer(L, mw__default_policy_lua,
-                                 strlen(mw__default_policy_lua), "=default.lua");
+  int rc = lc->script ? luaL_loadfile(L, lc->script)
+                      : luaL_loadbuffer(L, mw__default_policy_lua,
+                                        strlen(mw__default_policy_lua),
+                                        "=default.lua");
   if (rc) {
-    load_err(lc, "%s", lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
-                                                      : "cannot load");
+    load_err(lc, "%s",
+             lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
+                                            : "cannot load");
     return 0;
   }
   if (!run_chunk(L, lc, name, 0)) return 0;
@@ -613,7 +621,8 @@ static pstate_t *state_new(const char *script, const mw_policy_limits_t *lim,
   s->cap = lim->memory_bytes;
   s->generation = generation;
   s->env = s->handler = s->tramp = s->ev_ref = LUA_NOREF;
-  for (int h = 0; h <= H_DISCONNECT; h++) s->hooks[h] = LUA_NOREF;
+  for (int h = 0; h <= H_DISCONNECT; h++)
+    s->hooks[h] = LUA_NOREF;
   s->L = lua_newstate(state_alloc, s);
   if (!s->L) {
     snprintf(err, errlen, "cannot create a Lua state");
@@ -621,14 +630,18 @@ static pstate_t *state_new(const char *script, const mw_policy_limits_t *lim,
     return NULL;
   }
   lua_atpanic(s->L, state_panic);
-  uint64_t ms = lim->budget_ms > LOAD_BUDGET_MIN_MS ? lim->budget_ms
-                                                    : LOAD_BUDGET_MIN_MS;
-  load_t lc = {.s = s, .script = script, .budget_ns = ms * 1000000u,
-               .err = err, .errlen = errlen};
+  uint64_t ms =
+      lim->budget_ms > LOAD_BUDGET_MIN_MS ? lim->budget_ms : LOAD_BUDGET_MIN_MS;
+  load_t lc = {.s = s,
+               .script = script,
+               .budget_ns = ms * 1000000u,
+               .err = err,
+               .errlen = errlen};
   if (errlen) err[0] = '\0';
   int rc = lua_cpcall(s->L, load_body, &lc);
   if (lc.names) {
-    for (int i = 0; i < lc.nnames; i++) free(lc.names[i]);
+    for (int i = 0; i < lc.nnames; i++)
+      free(lc.names[i]);
     free(lc.names);
   }
   free(lc.buf);
@@ -637,9 +650,9 @@ static pstate_t *state_new(const char *script, const mw_policy_limits_t *lim,
       snprintf(err, errlen, "%s: not enough memory (cap %zu bytes)",
                script ? script : "default.lua", s->cap);
     else if (rc)
-      snprintf(err, errlen, "%s", lua_type(s->L, -1) == LUA_TSTRING
-                                      ? lua_tostring(s->L, -1)
-                                      : "cannot load the script");
+      snprintf(err, errlen, "%s",
+               lua_type(s->L, -1) == LUA_TSTRING ? lua_tostring(s->L, -1)
+                                                 : "cannot load the script");
     state_free(s);
     return NULL;
   }
@@ -683,8 +696,7 @@ mw_policy_t *mw__policy_new(const char *script, const mw_policy_limits_t *lim,
   }
   register_metrics(p);
   mw_log(MW_LOG_DEBUG, "policy", "loaded %s (%u tenant rule sets)",
-         script ? script : "the default policy",
-         HASH_COUNT(p->s->tenants));
+         script ? script : "the default policy", HASH_COUNT(p->s->tenants));
   return p;
 }
 
@@ -693,14 +705,14 @@ int mw__policy_reload(mw_policy_t *p, const char *script, char *err,
                       size_t errlen) {
   pstate_t *s = state_new(script, &p->lim, p->next_generation, err, errlen);
   if (!s) {
-    mw_log(MW_LOG_WARN, "policy", "reload failed, keeping the old script: %s",
+    mw_log(MW_LOG_DEBUG, "policy", "reload failed, keeping the old script: %s",
            err);
     return MW_EINVAL;
   }
   p->next_generation++;
   state_free(p->s);
   p->s = s;
-  mw_log(MW_LOG_INFO, "policy", "reloaded %s (%u tenant rule sets)",
+  mw_log(MW_LOG_DEBUG, "policy", "reloaded %s (%u tenant rule sets)",
          script ? script : "the default policy", HASH_COUNT(s->tenants));
   return 0;
 }
@@ -741,7 +753,7 @@ struct call {
   mw_policy_t *p;
   pstate_t *s;
   body_fn body;
-  int hook;                      /* the hook being prepared or called */
+  int hook; /* the hook being prepared or called */
   mw_policy_verdict_t fail_verdict;
   int fail_code;
   mw_policy_result_t *res;
@@ -790,8 +802,10 @@ static void fail(call_t *c, int hook, mw_policy_status_t st, const char *fmt,
     return;
   }
   if (c->p->suppressed[hook])
-    mw_log(MW_LOG_WARN, "policy", "%s failed (%s): %s (%u similar failures "
-           "not logged)", hook_names[hook], status_names[st], r->reason,
+    mw_log(MW_LOG_WARN, "policy",
+           "%s failed (%s): %s (%u similar failures "
+           "not logged)",
+           hook_names[hook], status_names[st], r->reason,
            c->p->suppressed[hook]);
   else
     mw_log(MW_LOG_WARN, "policy", "%s failed (%s): %s", hook_names[hook],
@@ -822,8 +836,9 @@ static void run(call_t *c) {
     int nomem = rc == LUA_ERRMEM || s->refused;
     fail(c, c->hook, nomem ? MW_POLICY_NOMEM : MW_POLICY_ERROR, "%s: %s",
          hook_names[c->hook],
-         nomem ? "not enough memory"
-               : lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "error");
+         nomem                            ? "not enough memory"
+         : lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
+                                          : "error");
     c->need_gc = 1;
   }
   lua_settop(L, top);
@@ -878,11 +893,13 @@ static int parse_deny(lua_State *L, call_t *c, int hook, int first, int last,
   mw_policy_result_t *r = c->res;
   int code = defcode;
   if (first + 1 <= last && !lua_isnil(L, first + 1)) {
-    double d = lua_type(L, first + 1) == LUA_TNUMBER ? lua_tonumber(L, first + 1)
-                                                     : 0;
+    double d =
+        lua_type(L, first + 1) == LUA_TNUMBER ? lua_tonumber(L, first + 1) : 0;
     if (d < 100 || d > 999 || d != (double)(int)d) {
-      BADRETURN(c, hook, "%s: the deny code must be an integer 100..999 (got "
-                "%s)", hook_names[hook], luaL_typename(L, first + 1));
+      BADRETURN(c, hook,
+                "%s: the deny code must be an integer 100..999 (got "
+                "%s)",
+                hook_names[hook], luaL_typename(L, first + 1));
       return 0;
     }
     code = (int)d;
@@ -1049,32 +1066,40 @@ static void body_connect(lua_State *L, call_t *c) {
       return;
     }
     if (lua_type(L, r) != LUA_TTABLE) {
-      BADRETURN(c, H_CONNECT, "on_connect: returned a %s (expected a table, "
-                "or nil, code, reason)", luaL_typename(L, r));
+      BADRETURN(c, H_CONNECT,
+                "on_connect: returned a %s (expected a table, "
+                "or nil, code, reason)",
+                luaL_typename(L, r));
       return;
     }
     int t = rawfield(L, r, "user_id");
     if (t == LUA_TNUMBER || t == LUA_TSTRING) {
       nid->user_id = mw_xstrdup(lua_tostring(L, -1));
     } else if (t != LUA_TNIL) {
-      BADRETURN(c, H_CONNECT, "on_connect: user_id must be a string or a "
-                "number (got %s)", lua_typename(L, t));
+      BADRETURN(c, H_CONNECT,
+                "on_connect: user_id must be a string or a "
+                "number (got %s)",
+                lua_typename(L, t));
       return;
     }
     t = rawfield(L, r, "tenant_id");
     if (t == LUA_TSTRING) {
       nid->tenant_id = mw_xstrdup(lua_tostring(L, -1));
     } else if (t != LUA_TNIL) {
-      BADRETURN(c, H_CONNECT, "on_connect: tenant_id must be a string (got "
-                "%s)", lua_typename(L, t));
+      BADRETURN(c, H_CONNECT,
+                "on_connect: tenant_id must be a string (got "
+                "%s)",
+                lua_typename(L, t));
       return;
     }
     t = rawfield(L, r, "all_tenants");
     if (t == LUA_TBOOLEAN) {
       nid->all_tenants = lua_toboolean(L, -1);
     } else if (t != LUA_TNIL) {
-      BADRETURN(c, H_CONNECT, "on_connect: all_tenants must be a boolean (got "
-                "%s)", lua_typename(L, t));
+      BADRETURN(c, H_CONNECT,
+                "on_connect: all_tenants must be a boolean (got "
+                "%s)",
+                lua_typename(L, t));
       return;
     }
     t = rawfield(L, r, "claims");
@@ -1094,8 +1119,8 @@ static void body_connect(lua_State *L, call_t *c) {
   }
   nid->conn_id = c->conn_id ? mw_xstrdup(c->conn_id) : NULL;
   nid->transport = rq->transport ? mw_xstrdup(rq->transport) : NULL;
-  push_conn_table(L, nid->conn_id, nid->transport, nid->user_id,
-                  nid->tenant_id, nid->all_tenants, claims_idx, NULL);
+  push_conn_table(L, nid->conn_id, nid->transport, nid->user_id, nid->tenant_id,
+                  nid->all_tenants, claims_idx, NULL);
   nid->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   nid->generation = s->generation;
   c->made = 1;
@@ -1108,8 +1133,13 @@ void mw__policy_connect(mw_policy_t *p, const mw_policy_connect_req_t *req,
   res_init(res);
   memset(id, 0, sizeof *id);
   id->ref = LUA_NOREF;
-  call_t c = {.p = p, .s = p->s, .body = body_connect, .res = res,
-              .fail_verdict = MW_VERDICT_DENY, .fail_code = 401, .req = req,
+  call_t c = {.p = p,
+              .s = p->s,
+              .body = body_connect,
+              .res = res,
+              .fail_verdict = MW_VERDICT_DENY,
+              .fail_code = 401,
+              .req = req,
               .conn_id = conn_id};
   memset(&c.nid, 0, sizeof c.nid);
   c.nid.ref = LUA_NOREF;
@@ -1137,8 +1167,10 @@ static void body_subscribe(lua_State *L, call_t *c) {
     return;
   }
   if (lua_type(L, r) != LUA_TBOOLEAN) {
-    BADRETURN(c, H_SUBSCRIBE, "on_subscribe: returned a %s (expected true, or "
-              "false, code, reason)", luaL_typename(L, r));
+    BADRETURN(c, H_SUBSCRIBE,
+              "on_subscribe: returned a %s (expected true, or "
+              "false, code, reason)",
+              luaL_typename(L, r));
     return;
   }
   /* `return ok, 403, "why"` is the natural idiom: with ok true, a code
@@ -1148,7 +1180,8 @@ static void body_subscribe(lua_State *L, call_t *c) {
     top = r;
   if (r + 1 <= top && !lua_isnil(L, r + 1)) {
     if (lua_type(L, r + 1) != LUA_TTABLE) {
-      BADRETURN(c, H_SUBSCRIBE, "on_subscribe: the second result must be a "
+      BADRETURN(c, H_SUBSCRIBE,
+                "on_subscribe: the second result must be a "
                 "table such as {presence = true} (got %s)",
                 luaL_typename(L, r + 1));
       return;
@@ -1157,8 +1190,10 @@ static void body_subscribe(lua_State *L, call_t *c) {
     if (t == LUA_TBOOLEAN) {
       c->res->presence = lua_toboolean(L, -1);
     } else if (t != LUA_TNIL) {
-      BADRETURN(c, H_SUBSCRIBE, "on_subscribe: presence must be a boolean "
-                "(got %s)", lua_typename(L, t));
+      BADRETURN(c, H_SUBSCRIBE,
+                "on_subscribe: presence must be a boolean "
+                "(got %s)",
+                lua_typename(L, t));
       return;
     }
   }
@@ -1170,8 +1205,13 @@ void mw__policy_subscribe(mw_policy_t *p, const mw_policy_identity_t *id,
                           const char *topic, mw_policy_result_t *res) {
   res_init(res);
   if (p->s->hooks[H_SUBSCRIBE] == LUA_NOREF) return;
-  call_t c = {.p = p, .s = p->s, .body = body_subscribe, .res = res,
-              .fail_verdict = MW_VERDICT_DENY, .fail_code = 403, .id = id,
+  call_t c = {.p = p,
+              .s = p->s,
+              .body = body_subscribe,
+              .res = res,
+              .fail_verdict = MW_VERDICT_DENY,
+              .fail_code = 403,
+              .id = id,
               .topic = topic ? topic : ""};
   run(&c);
 }
@@ -1285,10 +1325,11 @@ out:
 static void body_publish(lua_State *L, call_t *c) {
   pstate_t *s = c->s;
   c->hook = H_PUBLISH;
-  if (!json_is_object(c->event) ||
-      mw__lua_push_json(L, c->event, CONV_DEPTH)) {
-    fail(c, H_PUBLISH, MW_POLICY_ERROR, "on_publish: the event is not a JSON "
-         "object of depth <= %d", CONV_DEPTH);
+  if (!json_is_object(c->event) || mw__lua_push_json(L, c->event, CONV_DEPTH)) {
+    fail(c, H_PUBLISH, MW_POLICY_ERROR,
+         "on_publish: the event is not a JSON "
+         "object of depth <= %d",
+         CONV_DEPTH);
     return;
   }
   int e = lua_gettop(L);
@@ -1303,8 +1344,10 @@ static void body_publish(lua_State *L, call_t *c) {
     return;
   }
   if (lua_type(L, r) != LUA_TTABLE) {
-    BADRETURN(c, H_PUBLISH, "on_publish: returned a %s (expected the event, "
-              "a new event table, or nil, code, reason)", luaL_typename(L, r));
+    BADRETURN(c, H_PUBLISH,
+              "on_publish: returned a %s (expected the event, "
+              "a new event table, or nil, code, reason)",
+              luaL_typename(L, r));
     return;
   }
   const char *trace = json_string_value(json_object_get(c->event, "trace_id"));
@@ -1320,8 +1363,13 @@ void mw__policy_publish(mw_policy_t *p, const mw_policy_identity_t *id,
                         const json_t *event, mw_policy_result_t *res) {
   res_init(res);
   if (p->s->hooks[H_PUBLISH] == LUA_NOREF) return;
-  call_t c = {.p = p, .s = p->s, .body = body_publish, .res = res,
-              .fail_verdict = MW_VERDICT_DENY, .fail_code = 403, .id = id,
+  call_t c = {.p = p,
+              .s = p->s,
+              .body = body_publish,
+              .res = res,
+              .fail_verdict = MW_VERDICT_DENY,
+              .fail_code = 403,
+              .id = id,
               .event = event};
   run(&c);
   if (res->status != MW_POLICY_OK) mw__policy_result_clear(res);
@@ -1354,8 +1402,7 @@ static void push_event_table(lua_State *L, const mw_event_t *ev,
   lua_pushstring(L, seq);
   lua_concat(L, 2);
   lua_setfield(L, t, "id");
-  if (mw__lua_push_json(L, data, CONV_DEPTH) == 0)
-    lua_setfield(L, t, "data");
+  if (mw__lua_push_json(L, data, CONV_DEPTH) == 0) lua_setfield(L, t, "data");
   if (ev->trace_id) {
     lua_pushstring(L, ev->trace_id);
     lua_setfield(L, t, "trace_id");
@@ -1366,8 +1413,15 @@ static void push_event_table(lua_State *L, const mw_event_t *ev,
  * anything differs, *changed if event, data or trace_id differ. */
 static void event_compare(lua_State *L, int idx, const mw_event_t *ev,
                           const json_t *data, int *dirty, int *changed) {
-  enum { K_TYPE = 1, K_TOPIC = 2, K_EVENT = 4, K_SEQ = 8, K_ID = 16,
-         K_DATA = 32, K_TRACE = 64 };
+  enum {
+    K_TYPE = 1,
+    K_TOPIC = 2,
+    K_EVENT = 4,
+    K_SEQ = 8,
+    K_ID = 16,
+    K_DATA = 32,
+    K_TRACE = 64
+  };
   unsigned seen = 0;
   *dirty = *changed = 0;
   char seq[32];
@@ -1376,8 +1430,8 @@ static void event_compare(lua_State *L, int idx, const mw_event_t *ev,
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     size_t kl, vl;
-    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &kl)
-                                                   : "";
+    const char *k =
+        lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &kl) : "";
     int v = lua_gettop(L);
     if (strcmp(k, "type") == 0) {
       seen |= K_TYPE;
@@ -1395,10 +1449,10 @@ static void event_compare(lua_State *L, int idx, const mw_event_t *ev,
         *dirty = 1;
     } else if (strcmp(k, "id") == 0) {
       seen |= K_ID;
-      const char *s = lua_type(L, v) == LUA_TSTRING ? lua_tolstring(L, v, &vl)
-                                                    : NULL;
-      if (!s || vl != tl + 1 + sl || memcmp(s, ev->topic, tl) ||
-          s[tl] != ':' || memcmp(s + tl + 1, seq, sl))
+      const char *s =
+          lua_type(L, v) == LUA_TSTRING ? lua_tolstring(L, v, &vl) : NULL;
+      if (!s || vl != tl + 1 + sl || memcmp(s, ev->topic, tl) || s[tl] != ':' ||
+          memcmp(s + tl + 1, seq, sl))
         *dirty = 1;
     } else if (strcmp(k, "data") == 0) {
       seen |= K_DATA;
@@ -1470,9 +1524,10 @@ static int deliver_stage(lua_State *L, call_t *c, int hook) {
     return 0;
   }
   if (lua_type(L, r) != LUA_TTABLE) {
-    BADRETURN(c, hook, "%s: returned a %s (expected the event, a changed "
-              "event table, or nil to drop)", hook_names[hook],
-              luaL_typename(L, r));
+    BADRETURN(c, hook,
+              "%s: returned a %s (expected the event, a changed "
+              "event table, or nil to drop)",
+              hook_names[hook], luaL_typename(L, r));
     return 0;
   }
   lua_settop(L, r);
@@ -1537,9 +1592,15 @@ void mw__policy_deliver(mw_policy_t *p, const mw_policy_identity_t *id,
   tenant_t *t = tenant_find(s, id ? id->tenant_id : NULL);
   if (s->hooks[H_DELIVER] == LUA_NOREF && !(t && t->transform != LUA_NOREF))
     return;
-  call_t c = {.p = p, .s = s, .body = body_deliver, .res = res,
-              .fail_verdict = MW_VERDICT_DROP, .fail_code = 0, .id = id,
-              .ev = ev, .data = data ? data : mw__event_data(ev)};
+  call_t c = {.p = p,
+              .s = s,
+              .body = body_deliver,
+              .res = res,
+              .fail_verdict = MW_VERDICT_DROP,
+              .fail_code = 0,
+              .id = id,
+              .ev = ev,
+              .data = data ? data : mw__event_data(ev)};
   run(&c);
   if (res->status != MW_POLICY_OK) mw__policy_result_clear(res);
 }
@@ -1561,8 +1622,13 @@ void mw__policy_disconnect(mw_policy_t *p, const mw_policy_identity_t *id,
   if (p->s->hooks[H_DISCONNECT] == LUA_NOREF) return;
   mw_policy_result_t res;
   res_init(&res);
-  call_t c = {.p = p, .s = p->s, .body = body_disconnect, .res = &res,
-              .fail_verdict = MW_VERDICT_ALLOW, .id = id, .reason = reason};
+  call_t c = {.p = p,
+              .s = p->s,
+              .body = body_disconnect,
+              .res = &res,
+              .fail_verdict = MW_VERDICT_ALLOW,
+              .id = id,
+              .reason = reason};
   run(&c);
   mw__policy_result_clear(&res);
 }
@@ -1612,7 +1678,8 @@ int mw__topic_match(const char *pattern, const char *topic) {
       return 0;
     }
   }
-  while (*p == '*') p++;
+  while (*p == '*')
+    p++;
   return *p == '\0';
 }
 

@@ -319,9 +319,8 @@ static int equal(lua_State *L, int idx, const json_t *v, int depth) {
     lua_pushnil(L);
     while (lua_next(L, idx)) {
       size_t klen = 0;
-      const char *k = lua_type(L, -2) == LUA_TSTRING
-                          ? lua_tolstring(L, -2, &klen)
-                          : NULL;
+      const char *k =
+          lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &klen) : NULL;
       const json_t *jv = k ? json_object_getn(v, k, klen) : NULL;
       if (!jv || !equal(L, lua_gettop(L), jv, depth + 1)) {
         lua_pop(L, 2);
@@ -476,7 +475,8 @@ static int l_jwt_verify(lua_State *L) {
   if (lua_type(L, 1) != LUA_TSTRING) return jwt_fail(L, "malformed token");
   const char *tok = lua_tolstring(L, 1, &tlen);
   const char *d1 = memchr(tok, '.', tlen);
-  const char *d2 = d1 ? memchr(d1 + 1, '.', tlen - (size_t)(d1 + 1 - tok)) : NULL;
+  const char *d2 =
+      d1 ? memchr(d1 + 1, '.', tlen - (size_t)(d1 + 1 - tok)) : NULL;
   if (!d2 || memchr(d2 + 1, '.', tlen - (size_t)(d2 + 1 - tok)) || d1 == tok ||
       d2 == d1 + 1)
     return jwt_fail(L, "malformed token");
@@ -488,20 +488,23 @@ static int l_jwt_verify(lua_State *L) {
   if (!json_is_object(b->json)) return jwt_fail(L, "malformed token");
   const char *alg = json_string_value(json_object_get(b->json, "alg"));
   const EVP_MD *md = NULL;
-  if (alg && strcmp(alg, "HS256") == 0) md = EVP_sha256();
-  else if (alg && strcmp(alg, "HS384") == 0) md = EVP_sha384();
-  else if (alg && strcmp(alg, "HS512") == 0) md = EVP_sha512();
+  if (alg && strcmp(alg, "HS256") == 0)
+    md = EVP_sha256();
+  else if (alg && strcmp(alg, "HS384") == 0)
+    md = EVP_sha384();
+  else if (alg && strcmp(alg, "HS512") == 0)
+    md = EVP_sha512();
   box_release(b);
   if (!md) return jwt_fail(L, "unsupported alg");
 
   const char *sig_text = d2 + 1;
-  unsigned char *sig = jwt_segment(L, sig_text, tlen - (size_t)(sig_text - tok),
-                                   &slen);
+  unsigned char *sig =
+      jwt_segment(L, sig_text, tlen - (size_t)(sig_text - tok), &slen);
   if (!sig) return jwt_fail(L, "malformed token");
   unsigned char mac[EVP_MAX_MD_SIZE];
   unsigned int maclen = 0;
-  if (!HMAC(md, key, (int)klen, (const unsigned char *)tok,
-            (size_t)(d2 - tok), mac, &maclen))
+  if (!HMAC(md, key, (int)klen, (const unsigned char *)tok, (size_t)(d2 - tok),
+            mac, &maclen))
     return jwt_fail(L, "bad signature");
   if (slen != maclen || CRYPTO_memcmp(sig, mac, maclen) != 0)
     return jwt_fail(L, "bad signature");

@@ -160,7 +160,9 @@ static int apply_policy(mw_worker_t *w, mw_client_t *origin, const char *topic,
   json_decref(in);
   if (res.status != MW_POLICY_OK || res.verdict == MW_VERDICT_DENY) {
     denied(cb, ud, res.code ? res.code : 403,
-           res.reason[0] ? res.reason : "forbidden");
+           res.status != MW_POLICY_OK ? "policy error"
+           : res.reason[0]            ? res.reason
+                                      : "forbidden");
     mw__policy_result_clear(&res);
     return 0;
   }

@@ -3,7 +3,8 @@
 function on_connect(req)
   local t = req.token
   if t == "alice" then
-    return {user_id = "alice", tenant_id = "acme", claims = {role = "admin", n = 3}}
+    return {user_id = "alice", tenant_id = "acme",
+            claims = {role = "admin", n = 3}}
   elseif t == "num" then
     return {user_id = 42, all_tenants = true}
   elseif t == "deny" then

@@ -37,9 +37,11 @@ function on_subscribe(conn, topic)
   elseif topic == "read-undeclared" then
     return undeclared_y == nil
   elseif topic == "sandbox" then
-    return io == nil and os.execute == nil and os.exit == nil and os.getenv == nil
+    return io == nil and os.execute == nil and os.exit == nil
+      and os.getenv == nil
       and require == nil and package == nil and debug == nil
-      and load == nil and loadstring == nil and loadfile == nil and dofile == nil
+      and load == nil and loadstring == nil and loadfile == nil
+      and dofile == nil
       and collectgarbage == nil and jit == nil and getfenv == nil
       and setfenv == nil and _G == nil and newproxy == nil and print == nil
       and string.dump == nil and ("x").dump == nil

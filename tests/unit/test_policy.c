@@ -176,9 +176,14 @@ static void test_connect_allow(void **state) {
   mw_policy_pair_t hdr[] = {{"X-User", "bob"}};
   mw_policy_pair_t q[] = {{"q", "1"}, {"q", "2"}};
   mw_policy_pair_t ck[] = {{"c", "cookie"}};
-  mw_policy_connect_req_t req = {.transport = "sse", .remote_addr = "10.0.0.1",
-                                 .headers = hdr, .nheaders = 1, .query = q,
-                                 .nquery = 2, .cookies = ck, .ncookies = 1,
+  mw_policy_connect_req_t req = {.transport = "sse",
+                                 .remote_addr = "10.0.0.1",
+                                 .headers = hdr,
+                                 .nheaders = 1,
+                                 .query = q,
+                                 .nquery = 2,
+                                 .cookies = ck,
+                                 .ncookies = 1,
                                  .token = "req"};
   mw__policy_connect(p, &req, "c-4", &id, &res);
   assert_int_equal(res.verdict, MW_VERDICT_ALLOW);
@@ -242,8 +247,8 @@ static void test_connect_error(void **state) {
   assert_contains(res.reason, where);
   connect_tok(p, "arith", "c", &id, &res);
   assert_int_equal(res.status, MW_POLICY_ERROR);
-  snprintf(where, sizeof where, "connect.lua:%d:",
-           line_of("connect.lua", "return x + 1"));
+  snprintf(where, sizeof where,
+           "connect.lua:%d:", line_of("connect.lua", "return x + 1"));
   assert_contains(res.reason, where);
   /* The state still works. */
   connect_tok(p, "alice", "c", &id, &res);
@@ -302,8 +307,8 @@ static void test_timeouts(void **state) {
     assert_int_equal(res.verdict, MW_VERDICT_DENY);
     assert_contains(res.reason, "time budget exceeded");
     assert_contains(res.reason, "limits.lua:");
-    if (ms > 3 * BUDGET_MS) fail_msg("%s took %llu ms", topics[i],
-                                     (unsigned long long)ms);
+    if (ms > 3 * BUDGET_MS)
+      fail_msg("%s took %llu ms", topics[i], (unsigned long long)ms);
     assert_true(ms >= BUDGET_MS - 1);
     /* The state still works. */
     sub(p, NULL, "ok", &res);
@@ -337,12 +342,43 @@ static void test_memory(void **state) {
   assert_int_equal(res.verdict, MW_VERDICT_ALLOW);
   sub(p, NULL, "ok", &res);
   assert_int_equal(res.verdict, MW_VERDICT_ALLOW);
+
   mw__policy_free(p);
 
   /* A small cap: the script does not even load. */
   mw_policy_limits_t lim = {.budget_ms = BUDGET_MS, .memory_bytes = 16384};
   assert_null(mw__policy_new(path, &lim, err, sizeof err));
   assert_contains(err, "not enough memory");
+
+  /* A cap just above what loading needs: building a large on_connect
+   * request (the engine's own allocation, before the script runs) fails
+   * cleanly with NOMEM, and a small one works afterwards. */
+  snprintf(path, sizeof path, "%s/connect.lua", MWT_LUA_DIR);
+  p = NULL;
+  for (lim.memory_bytes = 32768; !p; lim.memory_bytes += 8192)
+    p = mw__policy_new(path, &lim, err, sizeof err);
+  enum { NH = 2000 };
+  static mw_policy_pair_t hdr[NH];
+  static char names[NH][16];
+  for (int i = 0; i < NH; i++) {
+    snprintf(names[i], sizeof names[i], "x-h%d", i);
+    hdr[i].name = names[i];
+    hdr[i].value = "a fairly long header value, repeated many times";
+  }
+  mw_policy_connect_req_t req = {.transport = "websocket",
+                                 .headers = hdr,
+                                 .nheaders = NH,
+                                 .token = "alice"};
+  mw_policy_identity_t id;
+  mw__policy_connect(p, &req, "c-1", &id, &res);
+  assert_int_equal(res.status, MW_POLICY_NOMEM);
+  assert_int_equal(res.verdict, MW_VERDICT_DENY);
+  assert_int_equal(id.ref, LUA_NOREF);
+  connect_tok(p, "alice", "c-1", &id, &res);
+  assert_int_equal(res.status, MW_POLICY_OK);
+  assert_int_equal(res.verdict, MW_VERDICT_ALLOW);
+  mw__policy_identity_free(p, &id);
+  mw__policy_free(p);
 }
 
 static void test_sandbox(void **state) {
@@ -356,8 +392,8 @@ static void test_sandbox(void **state) {
   assert_int_equal(res.verdict, MW_VERDICT_DENY);
   assert_contains(res.reason, "assignment to undeclared global 'undeclared_x'");
   char where[256];
-  snprintf(where, sizeof where, "limits.lua:%d:",
-           line_of("limits.lua", "undeclared_x = 1"));
+  snprintf(where, sizeof where,
+           "limits.lua:%d:", line_of("limits.lua", "undeclared_x = 1"));
   assert_contains(res.reason, where);
   sub(p, NULL, "read-undeclared", &res);
   assert_int_equal(res.verdict, MW_VERDICT_ALLOW);
@@ -410,7 +446,8 @@ static void test_deliver_once_per_event(void **state) {
   assert_string_equal(st, "2/101");
   mw_event_unref(&ev);
   mw_event_unref(&ev2);
-  for (int i = 0; i < 3; i++) mw__policy_identity_free(p, &ids[i]);
+  for (int i = 0; i < 3; i++)
+    mw__policy_identity_free(p, &ids[i]);
   mw__policy_free(p);
 }
 
@@ -435,7 +472,8 @@ static void test_deliver_drop_and_change(void **state) {
   assert_int_equal(res.status, MW_POLICY_OK);
   assert_int_equal(res.verdict, MW_VERDICT_CHANGED);
   assert_non_null(res.out_key);
-  assert_json(res.out, "{\"event\":\"UPDATED\",\"trace_id\":\"tr-1\",\"data\":"
+  assert_json(res.out,
+              "{\"event\":\"UPDATED\",\"trace_id\":\"tr-1\",\"data\":"
               "{\"name\":\"Bike\",\"tags\":[\"a\",\"b\"],\"n\":1.5,"
               "\"nested\":{\"x\":null,\"y\":true,\"e\":[]},\"extra\":1}}");
   mw__policy_result_clear(&res);
@@ -458,7 +496,7 @@ static void test_deliver_drop_and_change(void **state) {
   assert_int_equal(res.status, MW_POLICY_OK);
   assert_int_equal(res.verdict, MW_VERDICT_CHANGED);
   assert_json(res.out, "{\"event\":\"NEW\",\"data\":{\"who\":\"fresh\","
-              "\"list\":[1,2]},\"trace_id\":\"tr-1\"}");
+                       "\"list\":[1,2]},\"trace_id\":\"tr-1\"}");
   mw__policy_result_clear(&res);
   /* A new table leaves the event's table alone. */
   deliver(p, &pass, ev, &res);
@@ -493,7 +531,7 @@ static void test_deliver_out_keys(void **state) {
   assert_int_equal(b.verdict, MW_VERDICT_CHANGED);
   assert_ptr_equal(a.out_key, b.out_key);
   assert_json(a.out, "{\"event\":\"SHARED\",\"data\":{\"k\":1},"
-              "\"trace_id\":\"tr-1\"}");
+                     "\"trace_id\":\"tr-1\"}");
   assert_true(json_equal(a.out, b.out));
   mw__policy_result_clear(&a);
   mw__policy_result_clear(&b);
@@ -505,16 +543,17 @@ static void test_deliver_out_keys(void **state) {
   assert_int_equal(b.verdict, MW_VERDICT_CHANGED);
   assert_true(a.out_key != b.out_key);
   assert_json(a.out, "{\"event\":\"MUT\",\"data\":{\"who\":\"m1\"},"
-              "\"trace_id\":\"tr-1\"}");
+                     "\"trace_id\":\"tr-1\"}");
   assert_json(b.out, "{\"event\":\"MUT\",\"data\":{\"who\":\"m2\"},"
-              "\"trace_id\":\"tr-1\"}");
+                     "\"trace_id\":\"tr-1\"}");
   mw__policy_result_clear(&a);
   mw__policy_result_clear(&b);
 
   /* moonwire.copy of the event, changed. */
   deliver(p, &c1, ev, &a);
   assert_int_equal(a.verdict, MW_VERDICT_CHANGED);
-  assert_json(a.out, "{\"event\":\"UPDATED\",\"trace_id\":\"tr-1\",\"data\":"
+  assert_json(a.out,
+              "{\"event\":\"UPDATED\",\"trace_id\":\"tr-1\",\"data\":"
               "{\"name\":\"Bike\",\"tags\":[\"a\",\"b\"],\"n\":1.5,"
               "\"nested\":{\"x\":null,\"y\":true,\"e\":[]},\"who\":\"c1\"}}");
   mw__policy_result_clear(&a);
@@ -564,9 +603,9 @@ static void test_deliver_failures(void **state) {
 
 static void publish_mode(mw_policy_t *p, const mw_policy_identity_t *id,
                          const char *mode, mw_policy_result_t *res) {
-  json_t *ev = json_pack("{s:s,s:s,s:{s:s,s:i},s:s}", "topic", "room:1",
-                         "event", "ADDED", "data", "mode", mode, "n", 1,
-                         "trace_id", "tr-9");
+  json_t *ev =
+      json_pack("{s:s,s:s,s:{s:s,s:i},s:s}", "topic", "room:1", "event",
+                "ADDED", "data", "mode", mode, "n", 1, "trace_id", "tr-9");
   mw__policy_publish(p, id, ev, res);
   json_decref(ev);
 }
@@ -593,22 +632,23 @@ static void test_publish(void **state) {
   publish_mode(p, &id, "inplace", &res);
   assert_int_equal(res.verdict, MW_VERDICT_CHANGED);
   assert_json(res.out, "{\"event\":\"ADDED\",\"trace_id\":\"tr-9\",\"data\":"
-              "{\"mode\":\"inplace\",\"n\":1,\"stamped\":\"pub\"}}");
+                       "{\"mode\":\"inplace\",\"n\":1,\"stamped\":\"pub\"}}");
   mw__policy_result_clear(&res);
   publish_mode(p, NULL, "inplace", &res); /* the server API: conn is nil */
   assert_int_equal(res.verdict, MW_VERDICT_CHANGED);
-  assert_json(res.out, "{\"event\":\"ADDED\",\"trace_id\":\"tr-9\",\"data\":"
+  assert_json(res.out,
+              "{\"event\":\"ADDED\",\"trace_id\":\"tr-9\",\"data\":"
               "{\"mode\":\"inplace\",\"n\":1,\"stamped\":\"server\"}}");
   mw__policy_result_clear(&res);
   publish_mode(p, &id, "new", &res);
   assert_int_equal(res.verdict, MW_VERDICT_CHANGED);
   assert_json(res.out, "{\"event\":\"REWRITTEN\",\"data\":{\"n\":1},"
-              "\"trace_id\":\"new-trace\"}");
+                       "\"trace_id\":\"new-trace\"}");
   mw__policy_result_clear(&res);
   publish_mode(p, &id, "new-notrace", &res);
   assert_int_equal(res.verdict, MW_VERDICT_CHANGED);
   assert_json(res.out, "{\"event\":\"REWRITTEN\",\"data\":{},"
-              "\"trace_id\":\"tr-9\"}");
+                       "\"trace_id\":\"tr-9\"}");
   mw__policy_result_clear(&res);
   publish_mode(p, &id, "bad", &res);
   assert_int_equal(res.status, MW_POLICY_BADRETURN);
@@ -647,7 +687,7 @@ static void test_tenants(void **state) {
   assert_int_equal(res.status, MW_POLICY_OK);
   assert_int_equal(res.verdict, MW_VERDICT_CHANGED);
   assert_json(res.out, "{\"event\":\"ADDED\",\"trace_id\":\"tr\",\"data\":"
-              "{\"n\":1,\"transformed_for\":\"acme\"}}");
+                       "{\"n\":1,\"transformed_for\":\"acme\"}}");
   mw__policy_result_clear(&res);
   deliver(p, &beta, ev, &res); /* no transform, no on_deliver */
   assert_int_equal(res.verdict, MW_VERDICT_ALLOW);
@@ -695,7 +735,8 @@ static int teardown_tmp(void **state) {
 }
 
 static void test_reload(void **state) {
-  const char *v1 = write_script("policy.lua",
+  const char *v1 = write_script(
+      "policy.lua",
       "function on_connect(req)\n"
       "  return {user_id = req.token, claims = {level = 3}}\n"
       "end\n"
@@ -710,7 +751,8 @@ static void test_reload(void **state) {
   sub(p, &id, "t", &res);
   assert_string_equal(res.reason, "v1");
 
-  const char *v2 = write_script("policy.lua",
+  const char *v2 = write_script(
+      "policy.lua",
       "function on_subscribe(conn, topic)\n"
       "  return conn.user_id == 'u1' and conn.claims.level == 3 and\n"
       "         conn.id == 'c-1' and conn.transport == 'websocket', 403, 'v2'\n"
@@ -724,10 +766,10 @@ static void test_reload(void **state) {
   sub(p, &id, "t", &res);
   assert_int_equal(res.verdict, MW_VERDICT_ALLOW);
 
-  const char *bad = write_script("policy.lua",
-      "function on_subscribe(conn, topic)\n"
-      "  return true\n"
-      "end end\n");
+  const char *bad =
+      write_script("policy.lua", "function on_subscribe(conn, topic)\n"
+                                 "  return true\n"
+                                 "end end\n");
   assert_int_equal(mw__policy_reload(p, bad, err, sizeof err), MW_EINVAL);
   assert_contains(err, "policy.lua:3:");
   /* The old state is untouched. */
@@ -917,14 +959,13 @@ static void test_lib_json(void **state) {
   assert_contains(json_string_value(json_object_get(c, "cycle_msg")),
                   "table cycle");
   assert_true(json_is_true(json_object_get(c, "deep_err")));
-  assert_string_equal(json_string_value(json_object_get(c, "scalar")),
-                      "\"s\"");
+  assert_string_equal(json_string_value(json_object_get(c, "scalar")), "\"s\"");
   assert_json(json_object_get(c, "list"), "[1,2]");
   /* What json.encode produced, read back in C. */
-  json_t *enc = json_loads(json_string_value(json_object_get(c, "encoded")),
-                           0, NULL);
+  json_t *enc =
+      json_loads(json_string_value(json_object_get(c, "encoded")), 0, NULL);
   assert_json(enc, "{\"a\":1,\"b\":[1,2,3],\"c\":\"x\\\"y\",\"d\":true,"
-              "\"e\":{},\"f\":1.5,\"g\":null,\"h\":[]}");
+                   "\"e\":{},\"f\":1.5,\"g\":null,\"h\":[]}");
   json_decref(enc);
   mw__policy_identity_free(p, &id);
   mw__policy_free(p);
