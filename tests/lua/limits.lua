@@ -38,7 +38,7 @@ function on_subscribe(conn, topic)
     return undeclared_y == nil
   elseif topic == "sandbox" then
     return io == nil and os.execute == nil and os.exit == nil
-      and os.getenv == nil
+      and type(os.getenv) == "function" and os.execute == nil
       and require == nil and package == nil and debug == nil
       and load == nil and loadstring == nil and loadfile == nil
       and dofile == nil
