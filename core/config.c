@@ -55,7 +55,7 @@ static const known_key_t known[] = {
     {"limits.hook_budget_ms", K_INT, 0, NULL, "50", NULL},
     {"limits.lua_memory", K_INT, 0, NULL, "67108864", NULL},
     {"limits.message_rate", K_INT, 0, "message rate limits", NULL, NULL},
-    {"cors", K_LIST, 0, "CORS (issue 4)", NULL, NULL},
+    {"cors.origins", K_LIST, 0, NULL, NULL, NULL},
     {"presence_topics", K_LIST, 0, "presence (issue 4)", NULL, NULL},
 };
 #define KNOWN_COUNT (sizeof known / sizeof known[0])

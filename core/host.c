@@ -3,6 +3,7 @@
 
 #include "client.h"
 #include "conn.h"
+#include "cors.h"
 #include "event.h"
 #include "http.h"
 #include "hub.h"
@@ -104,6 +105,9 @@ static const mw_host_v1_t host_table = {
     .client_user_id = mw__client_user_id,
     .client_tenant_id = mw__client_tenant_id,
     .client_disconnect = mw__client_disconnect,
+    .subscribe_since = mw__subscribe_since,
+    .client_position = mw__client_position,
+    .http_cors = mw__cors_check,
 };
 
 const mw_host_v1_t *mw__host(void) {

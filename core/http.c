@@ -14,6 +14,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "cors.h"
 #include "log.h"
 #include "metrics.h"
 #include "server.h"
@@ -306,6 +307,10 @@ static void dispatch(mw_http_state_t *st) {
   st->req = NULL;
   st->active = r;
   mw__metric_add(m_requests, 1);
+  if (strcmp(r->method, "OPTIONS") == 0) { /* CORS preflight, any path */
+    mw__cors_preflight(r);
+    return;
+  }
   int path_known = 0;
   const mw_route_t *route = mw__server_find_route(r->method, r->path,
                                                   &path_known);

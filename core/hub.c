@@ -30,7 +30,27 @@ struct mw_sub {
   mw_client_t *client;
   mw_sub_t *tprev, *tnext; /* in the topic's list */
   mw_sub_t *cprev, *cnext; /* in the client's list */
+  uint64_t last_seq;       /* the newest seq delivered (or skipped) */
+  char epoch[40];          /* the epoch last_seq belongs to ("" unknown) */
+  struct recovery *recovery; /* while history is replayed: live events wait */
 };
+
+/* A subscription being recovered: live events wait in `held` until the
+ * history read answers, so the client sees missed events, then live ones,
+ * in seq order without gap or duplicate. */
+typedef struct recovery {
+  mw_sub_t *sub;       /* NULL once the subscription went away */
+  char *topic;
+  uint64_t since;
+  char want_epoch[40]; /* "" : any */
+  mw_event_t **held;
+  size_t nheld, capheld;
+  int overflow;        /* too many held: the replay cannot be complete */
+  mw_recover_cb cb;
+  void *ud;
+} recovery_t;
+
+#define MW_RECOVERY_HOLD_MAX 10000
 
 /* One changed event made by the policy for some recipients of the event
  * being delivered: reused for every recipient with the same result. */
@@ -138,6 +158,7 @@ mw_metric_t *mw__hub_gauge(mw_hub_t *hub, const char *transport,
 }
 
 static void sub_remove(mw_sub_t *s) {
+  if (s->recovery) s->recovery->sub = NULL; /* its history answer is dropped */
   mw_topic_t *t = s->topic;
   mw_client_t *c = s->client;
   mw_hub_t *hub = c->worker->hub;
@@ -267,6 +288,81 @@ static mw_event_t *changed_event(mw_hub_t *hub, const mw_event_t *ev,
   return out;
 }
 
+typedef struct deliver_stats {
+  size_t delivered, tenant, policy, error;
+} deliver_stats_t;
+
+/* The policy pipeline for one recipient: tenant isolation (in C), then the
+ * tenant transform and on_deliver; hands the result to the transport. */
+static void deliver_to(mw_hub_t *hub, mw_sub_t *s, mw_event_t *ev,
+                       const json_t *data, const char *ev_tenant, int hook,
+                       deliver_stats_t *st) {
+  mw_client_t *c = s->client;
+  s->last_seq = ev->seq;
+  if (ev->epoch && strcmp(s->epoch, ev->epoch) != 0)
+    snprintf(s->epoch, sizeof s->epoch, "%s", ev->epoch);
+  const char *tenant = c->ident.tenant_id;
+  /* Tenant isolation, before any hook: a tenant's connection never sees
+   * another tenant's event unless the policy widened it explicitly. */
+  if (tenant && ev_tenant && !c->ident.all_tenants &&
+      strcmp(tenant, ev_tenant) != 0) {
+    st->tenant++;
+    return;
+  }
+  mw_policy_t *p = mw__worker_policy(hub->worker);
+  mw_event_t *out = ev;
+  if (hook || (tenant && p && mw__policy_tenant_has_transform(p, tenant))) {
+    mw_policy_result_t res;
+    memset(&res, 0, sizeof res);
+    mw__policy_deliver(p, &c->ident, ev, data, &res);
+    if (res.status != MW_POLICY_OK) {
+      out = NULL;
+      st->error++;
+    } else if (res.verdict == MW_VERDICT_DROP) {
+      out = NULL;
+      st->policy++;
+    } else if (res.verdict == MW_VERDICT_CHANGED) {
+      out = changed_event(hub, ev, &res);
+      if (!out) st->error++;
+    }
+    mw__policy_result_clear(&res);
+  }
+  if (!out) return;
+  c->deliver(c, out, c->ud);
+  st->delivered++;
+}
+
+static void stats_flush(mw_hub_t *hub, deliver_stats_t *st) {
+  for (size_t i = 0; i < hub->nchanged; i++) {
+    free(hub->changed[i].text);
+    mw_event_unref(&hub->changed[i].ev);
+  }
+  hub->nchanged = 0;
+  if (st->delivered) mw__metric_add(m_delivered, (int64_t)st->delivered);
+  if (st->tenant) mw__metric_add(m_drop_tenant, (int64_t)st->tenant);
+  if (st->policy) mw__metric_add(m_drop_policy, (int64_t)st->policy);
+  if (st->error) mw__metric_add(m_drop_policy_error, (int64_t)st->error);
+  memset(st, 0, sizeof *st);
+}
+
+/* 1 if `ev` is one the subscription already has (same epoch, seq not newer). */
+static int already_seen(const mw_sub_t *s, const mw_event_t *ev) {
+  return s->last_seq && ev->seq <= s->last_seq && ev->epoch &&
+         strcmp(s->epoch, ev->epoch) == 0;
+}
+
+static void hold(recovery_t *r, mw_event_t *ev) {
+  if (r->nheld == MW_RECOVERY_HOLD_MAX) {
+    r->overflow = 1;
+    return;
+  }
+  if (r->nheld == r->capheld) {
+    r->capheld = r->capheld ? r->capheld * 2 : 16;
+    r->held = mw_xrealloc(r->held, r->capheld * sizeof *r->held);
+  }
+  r->held[r->nheld++] = mw_event_ref(ev);
+}
+
 void mw__hub_deliver(mw_hub_t *hub, mw_event_t *ev) {
   mw_topic_t *t;
   size_t len = strlen(ev->topic);
@@ -278,49 +374,114 @@ void mw__hub_deliver(mw_hub_t *hub, mw_event_t *ev) {
   const char *ev_tenant =
       json_string_value(json_object_get(data, "tenant_id"));
   int hook = p && mw__policy_has_deliver(p);
+  deliver_stats_t st = {0};
   /* A delivery never frees a subscription synchronously (closing is
    * asynchronous), but take `next` first all the same. */
-  size_t n = 0, dropped_tenant = 0, dropped_policy = 0, dropped_error = 0;
   for (mw_sub_t *s = t->subs, *next; s; s = next) {
     next = s->tnext;
-    mw_client_t *c = s->client;
-    const char *tenant = c->ident.tenant_id;
-    /* Tenant isolation, before any hook: a tenant's connection never sees
-     * another tenant's event unless the policy widened it explicitly. */
-    if (tenant && ev_tenant && !c->ident.all_tenants &&
-        strcmp(tenant, ev_tenant) != 0) {
-      dropped_tenant++;
+    if (s->recovery) {
+      hold(s->recovery, ev);
       continue;
     }
-    mw_event_t *out = ev;
-    if (hook || (tenant && mw__policy_tenant_has_transform(p, tenant))) {
-      mw_policy_result_t res;
-      memset(&res, 0, sizeof res);
-      mw__policy_deliver(p, &c->ident, ev, data, &res);
-      if (res.status != MW_POLICY_OK) {
-        out = NULL;
-        dropped_error++;
-      } else if (res.verdict == MW_VERDICT_DROP) {
-        out = NULL;
-        dropped_policy++;
-      } else if (res.verdict == MW_VERDICT_CHANGED) {
-        out = changed_event(hub, ev, &res);
-        if (!out) dropped_error++;
-      }
-      mw__policy_result_clear(&res);
+    if (already_seen(s, ev)) continue; /* duplicate suppression */
+    deliver_to(hub, s, ev, data, ev_tenant, hook, &st);
+  }
+  stats_flush(hub, &st);
+}
+
+/* --- recovery ------------------------------------------------------------ */
+
+static void recovery_free(recovery_t *r) {
+  free(r->topic);
+  for (size_t i = 0; i < r->nheld; i++) mw_event_unref(&r->held[i]);
+  free(r->held);
+  free(r);
+}
+
+/* Delivers one event of a replay to the recovering subscription. */
+static void replay_one(mw_hub_t *hub, mw_sub_t *s, mw_event_t *ev,
+                       deliver_stats_t *st) {
+  if (already_seen(s, ev)) return;
+  mw_policy_t *p = mw__worker_policy(hub->worker);
+  const json_t *data = mw__event_data(ev);
+  const char *ev_tenant = json_string_value(json_object_get(data, "tenant_id"));
+  deliver_to(hub, s, ev, data, ev_tenant, p && mw__policy_has_deliver(p), st);
+  stats_flush(hub, st);
+}
+
+static void on_history(int status, mw_event_t *const *events, size_t n,
+                       uint64_t top_seq, const char *epoch, int complete,
+                       void *ud) {
+  recovery_t *r = ud;
+  mw_sub_t *s = r->sub;
+  if (!s) { /* unsubscribed or closed meanwhile: still answer, once */
+    if (r->cb) r->cb(MW_ECANCELED, r->topic, 0, 0, NULL, r->ud);
+    recovery_free(r);
+    return;
+  }
+  mw_hub_t *hub = s->client->worker->hub;
+  int recovered = 0;
+  const char *cur_epoch = epoch ? epoch : "";
+  deliver_stats_t st = {0};
+  if (status == 0) {
+    int same_epoch = !r->want_epoch[0] || strcmp(r->want_epoch, cur_epoch) == 0;
+    snprintf(s->epoch, sizeof s->epoch, "%s", cur_epoch);
+    /* Every missed event must be in the answer (not cut by `limit`). */
+    uint64_t last = n ? events[n - 1]->seq : r->since;
+    if (same_epoch && r->since <= top_seq) {
+      s->last_seq = r->since;
+      recovered = complete && !r->overflow && last >= top_seq;
+    } else {
+      /* Another epoch (history lost) or a position from the future: the
+       * client must refetch; it continues from the current position. */
+      s->last_seq = top_seq;
     }
-    if (!out) continue;
-    c->deliver(c, out, c->ud);
-    n++;
   }
-  for (size_t i = 0; i < hub->nchanged; i++) {
-    free(hub->changed[i].text);
-    mw_event_unref(&hub->changed[i].ev);
+  /* The answer first, then the missed events, then what was held. */
+  if (r->cb)
+    r->cb(status, s->topic->name, recovered, status ? 0 : top_seq,
+          status ? NULL : cur_epoch, r->ud);
+  if (!r->sub) { /* the answer made the client unsubscribe */
+    recovery_free(r);
+    return;
   }
-  hub->nchanged = 0;
-  mw__metric_add(m_delivered, (int64_t)n);
-  if (dropped_tenant) mw__metric_add(m_drop_tenant, (int64_t)dropped_tenant);
-  if (dropped_policy) mw__metric_add(m_drop_policy, (int64_t)dropped_policy);
-  if (dropped_error)
-    mw__metric_add(m_drop_policy_error, (int64_t)dropped_error);
+  s->recovery = NULL;
+  if (status == 0 && recovered)
+    for (size_t i = 0; i < n; i++) replay_one(hub, s, events[i], &st);
+  for (size_t i = 0; i < r->nheld; i++) replay_one(hub, s, r->held[i], &st);
+  recovery_free(r);
+}
+
+int mw__subscribe_since(mw_client_t *c, const char *topic, uint64_t since,
+                        const char *epoch, mw_recover_cb cb, void *ud) {
+  int rc = mw__subscribe(c, topic);
+  if (rc) return rc;
+  mw_sub_t *s = find_sub(c, topic);
+  recovery_t *r = mw_xcalloc(1, sizeof *r);
+  r->sub = s;
+  r->topic = mw_xstrdup(topic);
+  r->since = since;
+  snprintf(r->want_epoch, sizeof r->want_epoch, "%s", epoch ? epoch : "");
+  r->cb = cb;
+  r->ud = ud;
+  s->recovery = r;
+  mw_worker_t *w = c->worker;
+  /* At most history.size events can be replayed; ask for one more to know. */
+  size_t limit = (size_t)mw__config_int(w->server->cfg, "history.size", 1000);
+  rc = mw__storage()->history(mw__storage_wstate(w), topic, since, limit,
+                              on_history, r);
+  if (rc) {
+    /* The callback will not fire: answer now, keep the subscription live. */
+    s->recovery = NULL;
+    recovery_free(r);
+    if (cb) cb(rc, topic, 0, 0, NULL, ud);
+  }
+  return 0;
+}
+
+uint64_t mw__client_position(const mw_client_t *c, const char *topic,
+                             const char **epoch) {
+  mw_sub_t *s = find_sub((mw_client_t *)c, topic);
+  if (epoch) *epoch = s && s->epoch[0] ? s->epoch : NULL;
+  return s ? s->last_seq : 0;
 }

@@ -27,6 +27,15 @@ void mw__hub_deliver(mw_hub_t *hub, mw_event_t *ev);
 int mw__subscribe(mw_client_t *c, const char *topic);
 int mw__unsubscribe(mw_client_t *c, const char *topic);
 
+/* See the host table (ABI 1.2): subscribe, then replay history after
+ * `since` before live events. */
+int mw__subscribe_since(mw_client_t *c, const char *topic, uint64_t since,
+                        const char *epoch, mw_recover_cb cb, void *ud);
+
+/* The newest seq this client got on `topic` and its epoch (NULL if none). */
+uint64_t mw__client_position(const mw_client_t *c, const char *topic,
+                             const char **epoch);
+
 /* Removes every subscription of a client (it is going away). */
 void mw__hub_client_detach(mw_client_t *c);
 

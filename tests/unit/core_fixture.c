@@ -15,6 +15,43 @@
 #include "hub.h"
 #include "log.h"
 
+fixture_storage_t fixture_store;
+
+static void answer_history(void) {
+  fixture_storage_t *fs = &fixture_store;
+  mw_event_t *out[64];
+  size_t n = 0;
+  for (size_t i = 0; i < fs->nhistory; i++)
+    if (fs->history[i]->seq > fs->since) out[n++] = fs->history[i];
+  mw_store_history_cb cb = fs->cb;
+  fs->cb = NULL;
+  cb(0, out, n, fs->top_seq, fs->epoch, fs->complete, fs->ud);
+}
+
+void fixture_history_fire(void) {
+  assert_non_null(fixture_store.cb);
+  answer_history();
+}
+
+static int fx_history(void *ws, const char *topic, uint64_t since,
+                      size_t limit, mw_store_history_cb cb, void *ud) {
+  fixture_store.cb = cb;
+  fixture_store.ud = ud;
+  fixture_store.since = since;
+  if (!fixture_store.deferred) answer_history();
+  return 0;
+}
+
+static int fx_healthy(void *ws) {
+  return 1;
+}
+
+static const mw_storage_v1_t fixture_storage_ops = {
+    .struct_size = sizeof(mw_storage_v1_t),
+    .history = fx_history,
+    .healthy = fx_healthy,
+};
+
 void fixture_init(core_fixture_t *f, const char *const *flags) {
   memset(f, 0, sizeof *f);
   char *argv[32] = {"moonwire"};
@@ -28,6 +65,12 @@ void fixture_init(core_fixture_t *f, const char *const *flags) {
   f->server.cfg = &f->cfg;
   f->server.nworkers = 1;
   f->server.workers = &f->worker;
+  memset(&fixture_store, 0, sizeof fixture_store);
+  fixture_store.epoch = "e1";
+  fixture_store.complete = 1;
+  f->storage.def.storage = &fixture_storage_ops;
+  f->storage.wstates = f->storage_wstates;
+  f->server.storage = &f->storage;
   snprintf(f->server.node_id, sizeof f->server.node_id, "test");
   mw__server_install(&f->server);
   mw__conn_metrics_init();

@@ -9,10 +9,31 @@
 #include "conn.h"
 #include "server.h"
 
+/* A storage for hub tests: history answers from `history` (sealed events,
+ * borrowed), now or when fixture_history_fire() is called. */
+typedef struct fixture_storage {
+  mw_event_t *history[64];
+  size_t nhistory;
+  uint64_t top_seq;
+  const char *epoch;
+  int complete;
+  int deferred;                /* 1: keep the callback for later */
+  mw_store_history_cb cb;
+  void *ud;
+  uint64_t since;
+} fixture_storage_t;
+
+extern fixture_storage_t fixture_store;
+
+/* Answers a deferred history read. */
+void fixture_history_fire(void);
+
 typedef struct core_fixture {
   mw_config_t cfg;
   mw_server_t server;
   mw_worker_t worker;
+  struct mw_plugin_handle storage;
+  void *storage_wstates[1];
   int peers[64]; /* the other ends of fixture_conn socketpairs */
   size_t npeers;
 } core_fixture_t;

@@ -333,6 +333,20 @@ static void h_client_disconnect(mw_client_t **pc, const char *reason) {
   h_client_free(pc);
 }
 
+static int h_subscribe(mw_client_t *c, const char *topic);
+
+static int h_subscribe_since(mw_client_t *c, const char *topic, uint64_t since,
+                             const char *epoch, mw_recover_cb cb, void *ud) {
+  int rc = h_subscribe(c, topic);
+  if (rc) return rc;
+  fake.recover_since = since;
+  snprintf(fake.recover_epoch, sizeof fake.recover_epoch, "%s",
+           epoch ? epoch : "");
+  cb(0, topic, fake.recover_recovered, fake.position_seq, fake.position_epoch,
+     ud);
+  return 0;
+}
+
 static const char *h_client_id(const mw_client_t *c) {
   return "test-0-1";
 }
@@ -483,6 +497,7 @@ void fake_host_init(uv_loop_t *loop) {
   h->client_user_id = h_client_user_id;
   h->client_tenant_id = h_client_tenant_id;
   h->client_disconnect = h_client_disconnect;
+  h->subscribe_since = h_subscribe_since;
 }
 
 void fake_host_close_all(void) {

@@ -256,6 +256,126 @@ static void test_deliver_hook_drop_and_shared_transform(void **state) {
   mw__client_free(&c2);
 }
 
+/* Records seqs in order. */
+typedef struct seqs {
+  uint64_t got[64];
+  size_t n;
+  int acks, recovered, status;
+  uint64_t ack_seq;
+} seqs_t;
+
+static void deliver_seq(mw_client_t *c, mw_event_t *ev, void *ud) {
+  seqs_t *s = ud;
+  if (s->n < 64) s->got[s->n++] = ev->seq;
+}
+
+static void on_recover(int status, const char *topic, int recovered,
+                       uint64_t seq, const char *epoch, void *ud) {
+  seqs_t *s = ud;
+  s->acks++;
+  s->status = status;
+  s->recovered = recovered;
+  s->ack_seq = seq;
+  assert_int_equal(s->n, 0); /* the answer comes before any replayed event */
+}
+
+static mw_event_t *evs[16];
+
+static void make_history(uint64_t upto) {
+  for (uint64_t i = 1; i <= upto; i++) evs[i] = sealed("t", i);
+  for (uint64_t i = 1; i <= upto; i++) fixture_store.history[i - 1] = evs[i];
+  fixture_store.nhistory = upto;
+  fixture_store.top_seq = upto;
+}
+
+static void drop_history(uint64_t upto) {
+  for (uint64_t i = 1; i <= upto; i++) mw_event_unref(&evs[i]);
+}
+
+static mw_client_t *seq_client(core_fixture_t *f, seqs_t *s) {
+  mw_client_t *c = mw__client_new(&f->worker, "websocket", deliver_seq, s);
+  assert_int_equal(mw__client_connect(c, NULL, NULL), 0);
+  return c;
+}
+
+static void test_recovery_replays_then_live_without_gap_or_dup(void **state) {
+  core_fixture_t *f = *state;
+  make_history(5);
+  evs[6] = sealed("t", 6);
+  evs[7] = sealed("t", 7);
+  fixture_store.deferred = 1;
+  seqs_t s = {0};
+  mw_client_t *c = seq_client(f, &s);
+  assert_int_equal(mw__subscribe_since(c, "t", 2, "e1", on_recover, &s), 0);
+  assert_int_equal(fixture_store.since, 2);
+  /* While history is read, 5 (already in it), 6 and 7 arrive live. */
+  mw__hub_deliver(f->worker.hub, evs[5]);
+  mw__hub_deliver(f->worker.hub, evs[6]);
+  assert_int_equal(s.n, 0); /* held */
+  fixture_history_fire();
+  mw__hub_deliver(f->worker.hub, evs[7]);
+  mw__hub_deliver(f->worker.hub, evs[7]); /* a duplicate is suppressed */
+  assert_int_equal(s.acks, 1);
+  assert_int_equal(s.status, 0);
+  assert_int_equal(s.recovered, 1);
+  assert_int_equal(s.ack_seq, 5);
+  uint64_t want[] = {3, 4, 5, 6, 7};
+  assert_int_equal(s.n, 5);
+  for (size_t i = 0; i < 5; i++) assert_int_equal(s.got[i], want[i]);
+  const char *epoch = NULL;
+  assert_int_equal(mw__client_position(c, "t", &epoch), 7);
+  assert_string_equal(epoch, "e1");
+  mw__client_free(&c);
+  drop_history(7);
+}
+
+static void test_recovery_other_epoch_is_not_recovered(void **state) {
+  core_fixture_t *f = *state;
+  make_history(3);
+  seqs_t s = {0};
+  mw_client_t *c = seq_client(f, &s);
+  assert_int_equal(mw__subscribe_since(c, "t", 1, "old-epoch", on_recover, &s),
+                   0);
+  assert_int_equal(s.acks, 1);
+  assert_int_equal(s.recovered, 0);
+  assert_int_equal(s.n, 0); /* nothing replayed from another epoch */
+  evs[4] = sealed("t", 4);
+  mw__hub_deliver(f->worker.hub, evs[4]);
+  assert_int_equal(s.n, 1);
+  assert_int_equal(s.got[0], 4);
+  mw__client_free(&c);
+  drop_history(4);
+}
+
+static void test_recovery_incomplete_history(void **state) {
+  core_fixture_t *f = *state;
+  make_history(5);
+  fixture_store.complete = 0; /* events 1..2 expired, say */
+  seqs_t s = {0};
+  mw_client_t *c = seq_client(f, &s);
+  assert_int_equal(mw__subscribe_since(c, "t", 0, NULL, on_recover, &s), 0);
+  assert_int_equal(s.recovered, 0);
+  assert_int_equal(s.n, 0);
+  mw__client_free(&c);
+  drop_history(5);
+}
+
+static void test_recovery_cancelled_by_unsubscribe(void **state) {
+  core_fixture_t *f = *state;
+  make_history(2);
+  fixture_store.deferred = 1;
+  seqs_t s = {0};
+  mw_client_t *c = seq_client(f, &s);
+  assert_int_equal(mw__subscribe_since(c, "t", 0, NULL, on_recover, &s), 0);
+  assert_int_equal(mw__unsubscribe(c, "t"), 0);
+  fixture_history_fire();
+  assert_int_equal(s.acks, 1);
+  assert_int_equal(s.status, MW_ECANCELED);
+  assert_int_equal(s.n, 0);
+  mw__client_free(&c);
+  drop_history(2);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_deliver_only_to_subscribers, setup,
@@ -267,6 +387,14 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(test_client_ids_unique, setup, teardown),
       cmocka_unit_test_setup_teardown(test_tenant_isolation, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_recovery_replays_then_live_without_gap_or_dup, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_recovery_other_epoch_is_not_recovered,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(test_recovery_incomplete_history, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_recovery_cancelled_by_unsubscribe,
+                                      setup, teardown),
       cmocka_unit_test_setup_teardown(test_connect_and_subscribe_denied, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(

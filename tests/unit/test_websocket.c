@@ -398,6 +398,29 @@ static void test_subscribe_ack(void **st) {
   assert_false(c->closed);
 }
 
+static void test_subscribe_since_recovers(void **st) {
+  fake.position_seq = 9;
+  fake.recover_recovered = 1;
+  mw_conn_t *c = connect_ws(NULL, NULL);
+  send_text(c, "{\"type\":\"subscribe\",\"id\":\"r2\",\"topics\":[\"b\"],"
+               "\"since\":{\"b\":{\"seq\":4,\"epoch\":\"e1\"}}}");
+  json_t *j = read_json(c);
+  assert_json_str(j, "type", "ack");
+  json_t *b = json_object_get(json_object_get(json_object_get(j, "data"),
+                                              "topics"), "b");
+  assert_true(json_is_true(json_object_get(b, "recovered")));
+  assert_int_equal(json_integer_value(json_object_get(b, "seq")), 9);
+  json_decref(j);
+  assert_int_equal(fake.recover_since, 4);
+  assert_string_equal(fake.recover_epoch, "e1");
+  send_text(c, "{\"type\":\"subscribe\",\"id\":\"r3\",\"topics\":[\"c\"],"
+               "\"since\":{\"c\":\"x\"}}");
+  j = read_json(c);
+  assert_json_str(j, "type", "error");
+  assert_int_equal(json_integer_value(json_object_get(j, "code")), 400);
+  json_decref(j);
+}
+
 static void test_subscribe_async_and_after_close(void **st) {
   fake.position_mode = FAKE_DEFER;
   mw_conn_t *c = connect_ws(NULL, NULL);
@@ -1071,6 +1094,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_first_message_denied_closes_1008, setup, teardown),
       cmocka_unit_test_setup_teardown(test_first_message_without_auth_connects_anonymously, setup, teardown),
       cmocka_unit_test_setup_teardown(test_subscribe_denied_carries_code_and_reason, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_subscribe_since_recovers, setup, teardown),
       cmocka_unit_test_setup_teardown(test_presence_501, setup, teardown),
       cmocka_unit_test_setup_teardown(test_publish, setup, teardown),
       cmocka_unit_test_setup_teardown(test_publish_answer_after_close, setup,

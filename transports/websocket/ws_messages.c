@@ -93,6 +93,8 @@ struct ws_sub_req {
   unsigned char *added;  /* per topic: subscribed by this request */
   size_t pending;        /* answers still due, plus one while issuing */
   int status;            /* first error */
+  int err_code;          /* its reply code */
+  char err[160];         /* its reply reason */
   ws_sub_slot_t slots[]; /* one per topic */
 };
 
@@ -106,13 +108,20 @@ static void ws_sub_rollback(ws_session_t *s, const json_t *topics,
                            json_string_value(json_array_get(topics, i)));
 }
 
+static void ws_sub_fail(ws_sub_req_t *req, int rc, int code,
+                        const char *reason) {
+  if (req->status) return;
+  req->status = rc;
+  req->err_code = code;
+  snprintf(req->err, sizeof req->err, "%s", reason);
+}
+
 static void ws_sub_finish(ws_sub_req_t *req) {
   ws_session_t *s = req->s;
   if (ws_session_open_for_replies(s)) {
     if (req->status) {
       ws_sub_rollback(s, req->topics, req->added, json_array_size(req->topics));
-      ws_reply_error(s, req->id, ws_error_code(req->status),
-                     s->host->strerror(req->status));
+      ws_reply_error(s, req->id, req->err_code, req->err);
     } else {
       json_t *data = json_object();
       json_object_set(data, "topics", req->result);
@@ -132,27 +141,64 @@ static void ws_sub_done(ws_sub_req_t *req) {
   if (--req->pending == 0) ws_sub_finish(req);
 }
 
+static void ws_sub_result(ws_sub_req_t *req, size_t index, uint64_t seq,
+                          const char *epoch, int recovered) {
+  const char *topic = json_string_value(json_array_get(req->topics, index));
+  json_t *pos = json_object();
+  json_object_set_new(pos, "seq", json_integer((json_int_t)seq));
+  json_object_set_new(pos, "epoch", json_string(epoch ? epoch : ""));
+  json_object_set_new(pos, "recovered", json_boolean(recovered));
+  json_object_set_new(req->result, topic, pos);
+}
+
+/* A topic without "since": nothing to recover, report its position. */
 static void ws_sub_position_cb(int status, uint64_t seq, const char *epoch,
                                void *ud) {
   ws_sub_slot_t *slot = ud;
   ws_sub_req_t *req = slot->req;
-  if (status != 0) {
-    if (req->status == 0) req->status = status;
-  } else {
-    const char *topic =
-        json_string_value(json_array_get(req->topics, slot->index));
-    /* Nothing to recover without "since".
-     * TODO(history replay issue): with "since", replay the missed events
-     * through the storage history and report recovered:true when complete
-     * and the epoch matches. */
-    int recovered = !req->since || !json_object_get(req->since, topic);
-    json_t *pos = json_object();
-    json_object_set_new(pos, "seq", json_integer((json_int_t)seq));
-    json_object_set_new(pos, "epoch", json_string(epoch ? epoch : ""));
-    json_object_set_new(pos, "recovered", json_boolean(recovered));
-    json_object_set_new(req->result, topic, pos);
-  }
+  if (status != 0)
+    ws_sub_fail(req, status, ws_error_code(status),
+                req->s->host->strerror(status));
+  else
+    ws_sub_result(req, slot->index, seq, epoch, 1);
   ws_sub_done(req);
+}
+
+/* A topic with "since": the core replays what was missed right after. */
+static void ws_sub_recover_cb(int status, const char *topic, int recovered,
+                              uint64_t seq, const char *epoch, void *ud) {
+  ws_sub_slot_t *slot = ud;
+  ws_sub_req_t *req = slot->req;
+  if (status != 0 && status != MW_EUNAVAIL && status != MW_ECANCELED)
+    ws_sub_fail(req, status, ws_error_code(status),
+                req->s->host->strerror(status));
+  else
+    ws_sub_result(req, slot->index, seq, epoch, status == 0 && recovered);
+  ws_sub_done(req);
+}
+
+/* Reads since[topic]: a seq (no epoch check) or {"seq":N,"epoch":"e"}.
+ * Returns 1 if given. */
+static int ws_since_of(const json_t *since, const char *topic, uint64_t *seq,
+                       const char **epoch) {
+  json_t *v = since ? json_object_get(since, topic) : NULL;
+  if (!v) return 0;
+  *epoch = NULL;
+  if (json_is_integer(v)) {
+    *seq = (uint64_t)json_integer_value(v);
+    return 1;
+  }
+  *seq = (uint64_t)json_integer_value(json_object_get(v, "seq"));
+  *epoch = json_string_value(json_object_get(v, "epoch"));
+  return 1;
+}
+
+static int ws_since_valid(const json_t *v) {
+  if (json_is_integer(v)) return json_integer_value(v) >= 0;
+  if (!json_is_object(v)) return 0;
+  json_t *seq = json_object_get(v, "seq"), *ep = json_object_get(v, "epoch");
+  return json_is_integer(seq) && json_integer_value(seq) >= 0 &&
+         (!ep || json_is_string(ep));
 }
 
 static void ws_msg_subscribe(ws_session_t *s, json_t *msg, json_t *id) {
@@ -171,45 +217,18 @@ static void ws_msg_subscribe(ws_session_t *s, json_t *msg, json_t *id) {
       return;
     }
     json_object_foreach(since, k, v) {
-      if (!json_is_integer(v) || json_integer_value(v) < 0) {
+      if (!ws_since_valid(v)) {
         ws_bad(s, id, WS_ERR_INVALID,
-               "since values must be non-negative integers");
+               "since values must be a seq >= 0 or {\"seq\":N,\"epoch\":\"..\"}");
         return;
       }
     }
   }
   size_t n = json_array_size(topics);
-  unsigned char *added = calloc(n, 1);
-  if (!added) {
-    ws_reply_error(s, id, 500, "out of memory");
-    return;
-  }
-  for (size_t i = 0; i < n; i++) {
-    int rc = s->host->subscribe(s->client,
-                                json_string_value(json_array_get(topics, i)));
-    if (rc == 0) {
-      added[i] = 1;
-    } else if (rc != MW_EEXIST) {
-      ws_sub_rollback(s, topics, added, i);
-      free(added);
-      int code = 403;
-      const char *why = rc == MW_EDENIED ? s->host->client_error(s->client, &code)
-                                         : NULL;
-      if (rc == MW_ELIMIT)
-        ws_reply_error(s, id, 429, "too many topics per connection");
-      else if (rc == MW_EDENIED)
-        ws_reply_error(s, id, code ? code : 403, why && *why ? why : "forbidden");
-      else
-        ws_reply_error(s, id, ws_error_code(rc),
-                       rc == MW_EINVAL ? "invalid topic name"
-                                       : s->host->strerror(rc));
-      return;
-    }
-  }
-
   ws_sub_req_t *req = calloc(1, sizeof(*req) + n * sizeof(ws_sub_slot_t));
-  if (!req) {
-    ws_sub_rollback(s, topics, added, n);
+  unsigned char *added = calloc(n, 1);
+  if (!req || !added) {
+    free(req);
     free(added);
     ws_reply_error(s, id, 500, "out of memory");
     return;
@@ -223,15 +242,42 @@ static void ws_msg_subscribe(ws_session_t *s, json_t *msg, json_t *id) {
   req->added = added;
   req->pending = 1; /* held while issuing */
   for (size_t i = 0; i < n && req->status == 0; i++) {
+    const char *topic = json_string_value(json_array_get(topics, i));
     req->slots[i].req = req;
     req->slots[i].index = i;
+    uint64_t seq = 0;
+    const char *epoch = NULL;
+    int recover = ws_since_of(since, topic, &seq, &epoch);
+    int rc;
+    if (recover) {
+      req->pending++;
+      rc = s->host->subscribe_since(s->client, topic, seq, epoch,
+                                    ws_sub_recover_cb, &req->slots[i]);
+      if (rc) req->pending--; /* the callback never fires */
+    } else {
+      rc = s->host->subscribe(s->client, topic);
+    }
+    if (rc == 0) {
+      added[i] = 1;
+    } else if (rc == MW_ELIMIT) {
+      ws_sub_fail(req, rc, 429, "too many topics per connection");
+    } else if (rc == MW_EDENIED) {
+      int code = 403;
+      const char *why = s->host->client_error(s->client, &code);
+      ws_sub_fail(req, rc, code ? code : 403, why && *why ? why : "forbidden");
+    } else if (rc == MW_EINVAL) {
+      ws_sub_fail(req, rc, 400, "invalid topic name");
+    } else if (rc != MW_EEXIST) {
+      ws_sub_fail(req, rc, ws_error_code(rc), s->host->strerror(rc));
+    }
+    if (rc == 0 && recover) continue; /* the recovery reports the position */
+    if (rc != 0 && rc != MW_EEXIST) break;
     req->pending++;
-    int rc = s->host->topic_position(
-        s->w, json_string_value(json_array_get(topics, i)), ws_sub_position_cb,
-        &req->slots[i]);
+    rc = s->host->topic_position(s->w, topic, ws_sub_position_cb,
+                                 &req->slots[i]);
     if (rc != 0) { /* the callback never fires */
       req->pending--;
-      if (req->status == 0) req->status = rc;
+      ws_sub_fail(req, rc, ws_error_code(rc), s->host->strerror(rc));
     }
   }
   ws_sub_done(req);

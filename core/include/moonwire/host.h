@@ -76,6 +76,15 @@ typedef struct mw_publish_req {
   const char *trace_id; /* NULL: generated */
 } mw_publish_req_t;
 
+/* Completion of host->subscribe_since: once, before any replayed event is
+ * delivered. `recovered` is 1 when every event after `since` is replayed
+ * (in order, then live events follow without gap or duplicate), 0 when
+ * history no longer holds them or the epoch changed (refetch state); `seq`
+ * and `epoch` are the topic's current position. `status` is 0 or an MW_E*
+ * (e.g. MW_EUNAVAIL: no replay, the subscription stays live). */
+typedef void (*mw_recover_cb)(int status, const char *topic, int recovered,
+                              uint64_t seq, const char *epoch, void *ud);
+
 typedef enum mw_metric_type { MW_METRIC_COUNTER = 0, MW_METRIC_GAUGE = 1 } mw_metric_type_t;
 
 typedef struct mw_host_v1 {
@@ -224,7 +233,23 @@ typedef struct mw_host_v1 {
    * timeout", "slow consumer", ...). */
   void (*client_disconnect)(mw_client_t **c, const char *reason);
 
-  void *reserved[8];
+  /* --- ABI 1.2: recovery and CORS (SPEC §3, §2) --- */
+  /* Subscribes like subscribe (same errors; the callback never fires on an
+   * error), then replays every event of `topic` after seq `since` of epoch
+   * `epoch` (NULL: whatever the current epoch is) before any live event.
+   * `cb` may fire before this returns. */
+  int (*subscribe_since)(mw_client_t *c, const char *topic, uint64_t since,
+                         const char *epoch, mw_recover_cb cb, void *ud);
+  /* The newest seq the client was handed on `topic` (0 if none) and its
+   * epoch in *epoch (NULL if unknown): a resumable position. */
+  uint64_t (*client_position)(const mw_client_t *c, const char *topic,
+                              const char **epoch);
+  /* CORS for browser transports: 0 when the request has no Origin or an
+   * allowed one (`headers` then holds the Access-Control-* lines to add,
+   * possibly empty), MW_EDENIED when its Origin is not allowed. */
+  int (*http_cors)(const mw_http_request_t *req, char *headers, size_t len);
+
+  void *reserved[5];
 } mw_host_v1_t;
 
 #endif
