@@ -4,6 +4,7 @@
 
 #include <jansson.h>
 #include <openssl/crypto.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -240,6 +241,138 @@ static void api_reload(mw_http_request_t *req, void *unused) {
   mw__server_reload(mw__http_worker(req), on_reloaded, req);
 }
 
+/* --- GET /api/history ---------------------------------------------------- */
+
+/* Parses an unsigned decimal query value; `def` when absent; -1 if bad. */
+static int64_t query_uint(mw_http_request_t *req, const char *name,
+                          int64_t def) {
+  const char *v = mw__http_query(req, name);
+  if (!v) return def;
+  if (!*v || strlen(v) > 18) return -1;
+  int64_t n = 0;
+  for (const char *p = v; *p; p++) {
+    if (*p < '0' || *p > '9') return -1;
+    n = n * 10 + (*p - '0');
+  }
+  return n;
+}
+
+static void on_history(int status, mw_event_t *const *events, size_t n,
+                       uint64_t top_seq, const char *epoch, int complete,
+                       void *ud) {
+  mw_http_request_t *req = ud;
+  if (status) {
+    respond_error(req, mw__publish_http_status(status), mw_strerror(status));
+    return;
+  }
+  /* The events' JSON wire bytes, concatenated as they are: no re-encoding. */
+  json_t *head = json_pack("{s:s,s:s,s:I,s:b}", "topic",
+                           mw__http_query(req, "topic"), "epoch",
+                           epoch ? epoch : "", "seq", (json_int_t)top_seq,
+                           "complete", complete);
+  char *h = json_dumps(head, JSON_COMPACT);
+  json_decref(head);
+  size_t hl = strlen(h), cap = hl + 16;
+  for (size_t i = 0; i < n; i++) cap += events[i]->wire[MW_WIRE_JSON].len + 1;
+  char *body = mw_xmalloc(cap), *p = body;
+  memcpy(p, h, hl - 1); /* without the closing brace */
+  p += hl - 1;
+  free(h);
+  memcpy(p, ",\"events\":[", 11);
+  p += 11;
+  for (size_t i = 0; i < n; i++) {
+    if (i) *p++ = ',';
+    memcpy(p, events[i]->wire[MW_WIRE_JSON].data,
+           events[i]->wire[MW_WIRE_JSON].len);
+    p += events[i]->wire[MW_WIRE_JSON].len;
+  }
+  memcpy(p, "]}", 2);
+  p += 2;
+  mw__http_respond(req, 200, "application/json", NULL, body,
+                   (size_t)(p - body));
+  free(body);
+}
+
+static void api_history(mw_http_request_t *req, void *unused) {
+  if (!api_allowed(req)) return;
+  const char *topic = mw__http_query(req, "topic");
+  int64_t since = query_uint(req, "since", 0);
+  int64_t max = mw__config_int(mw__server()->cfg, "history.size", 1000);
+  int64_t limit = query_uint(req, "limit", max < 100 ? max : 100);
+  if (!topic || !mw__topic_valid(topic, strlen(topic)) || since < 0 ||
+      limit < 1) {
+    respond_error(req, 400,
+                  "expected ?topic=T[&since=N][&limit=L] with N >= 0, L >= 1");
+    return;
+  }
+  if (limit > max) limit = max;
+  mw_worker_t *w = mw__http_worker(req);
+  int rc = mw__storage()->history(mw__storage_wstate(w), topic,
+                                  (uint64_t)since, (size_t)limit, on_history,
+                                  req);
+  if (rc) respond_error(req, mw__publish_http_status(rc), mw_strerror(rc));
+}
+
+/* --- GET /api/topics: every worker's topics, summed -------------------- */
+
+typedef struct topics_op {
+  _Atomic unsigned pending;
+  uv_mutex_t lock;
+  json_t *counts; /* {"topic": subscribers} */
+  mw_worker_t *origin;
+  mw_http_request_t *req;
+} topics_op_t;
+
+static void topics_add(const char *topic, size_t subs, void *ud) {
+  topics_op_t *op = ud;
+  json_t *cur = json_object_get(op->counts, topic);
+  json_int_t n = (json_int_t)subs + (cur ? json_integer_value(cur) : 0);
+  json_object_set_new(op->counts, topic, json_integer(n));
+}
+
+static void topics_answer(mw_worker_t *w, void *arg) {
+  topics_op_t *op = arg;
+  json_t *list = json_array();
+  const char *k;
+  json_t *v;
+  json_object_foreach(op->counts, k, v)
+    json_array_append_new(list, json_pack("{s:s,s:O}", "topic", k,
+                                          "subscribers", v));
+  json_t *o = json_pack("{s:o,s:I}", "topics", list, "count",
+                        (json_int_t)json_object_size(op->counts));
+  char *text = json_dumps(o, JSON_COMPACT);
+  mw__http_respond_json(op->req, 200, text);
+  free(text);
+  json_decref(o);
+  json_decref(op->counts);
+  uv_mutex_destroy(&op->lock);
+  free(op);
+}
+
+static void topics_collect(mw_worker_t *w, void *arg) {
+  topics_op_t *op = arg;
+  uv_mutex_lock(&op->lock);
+  if (w->hub) mw__hub_foreach_topic(w->hub, topics_add, op);
+  uv_mutex_unlock(&op->lock);
+  if (atomic_fetch_sub(&op->pending, 1) != 1) return;
+  if (w == op->origin || mw__worker_post(op->origin, topics_answer, op))
+    topics_answer(w, op); /* origin gone: its request went with it */
+}
+
+static void api_topics(mw_http_request_t *req, void *unused) {
+  if (!api_allowed(req)) return;
+  mw_server_t *s = mw__server();
+  topics_op_t *op = mw_xcalloc(1, sizeof *op);
+  uv_mutex_init(&op->lock);
+  op->counts = json_object();
+  op->origin = mw__http_worker(req);
+  op->req = req;
+  atomic_init(&op->pending, s->nworkers);
+  for (unsigned i = 0; i < s->nworkers; i++)
+    if (mw__worker_post(&s->workers[i], topics_collect, op))
+      topics_collect(&s->workers[i], op); /* stopped: nothing to add */
+}
+
 /* --- GET /healthz, /metrics, / ------------------------------------------ */
 
 static void healthz(mw_http_request_t *req, void *unused) {
@@ -280,6 +413,8 @@ void mw__api_register(mw_server_t *s) {
   mw__server_route(s, "POST", "/api/publish", api_publish, NULL);
   mw__server_route(s, "POST", "/api/broadcast", api_broadcast, NULL);
   mw__server_route(s, "POST", "/api/reload", api_reload, NULL);
+  mw__server_route(s, "GET", "/api/history", api_history, NULL);
+  mw__server_route(s, "GET", "/api/topics", api_topics, NULL);
   mw__server_route(s, "GET", "/healthz", healthz, NULL);
   mw__server_route(s, "GET", "/metrics", metrics, NULL);
   mw__server_route(s, "GET", "/", index_page, NULL);

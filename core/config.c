@@ -53,6 +53,8 @@ static const known_key_t known[] = {
     {"limits.max_connections_per_user", K_INT, 0, NULL, "0", NULL},
     {"limits.max_connections_per_tenant", K_INT, 0, NULL, "0", NULL},
     {"limits.hook_budget_ms", K_INT, 0, NULL, "50", NULL},
+    {"limits.sse_heartbeat", K_INT, 0, NULL, "15", NULL},
+    {"limits.poll_max_events", K_INT, 0, NULL, "1000", NULL},
     {"limits.lua_memory", K_INT, 0, NULL, "67108864", NULL},
     {"limits.message_rate", K_INT, 0, "message rate limits", NULL, NULL},
     {"cors.origins", K_LIST, 0, NULL, NULL, NULL},

@@ -48,6 +48,9 @@ typedef struct recovery {
   int overflow;        /* too many held: the replay cannot be complete */
   mw_recover_cb cb;
   void *ud;
+  int status, recovered;    /* the history answer */
+  mw_event_t **events;      /* its events, replayed on the next turn */
+  size_t nevents;
 } recovery_t;
 
 #define MW_RECOVERY_HOLD_MAX 10000
@@ -132,6 +135,14 @@ int mw__topic_valid(const char *topic, size_t len) {
     if (ch <= 0x20 || ch == 0x7f || ch == ',') return 0;
   }
   return mw_codec_utf8_valid(topic, len);
+}
+
+void mw__hub_foreach_topic(const mw_hub_t *hub,
+                           void (*fn)(const char *topic, size_t subscribers,
+                                      void *ud),
+                           void *ud) {
+  for (const mw_topic_t *t = hub->topics; t; t = t->hh.next)
+    fn(t->name, t->nsubs, ud);
 }
 
 size_t mw__hub_topic_count(const mw_hub_t *hub) {
@@ -393,6 +404,8 @@ void mw__hub_deliver(mw_hub_t *hub, mw_event_t *ev) {
 
 static void recovery_free(recovery_t *r) {
   free(r->topic);
+  for (size_t i = 0; i < r->nevents; i++) mw_event_unref(&r->events[i]);
+  free(r->events);
   for (size_t i = 0; i < r->nheld; i++) mw_event_unref(&r->held[i]);
   free(r->held);
   free(r);
@@ -407,6 +420,21 @@ static void replay_one(mw_hub_t *hub, mw_sub_t *s, mw_event_t *ev,
   const char *ev_tenant = json_string_value(json_object_get(data, "tenant_id"));
   deliver_to(hub, s, ev, data, ev_tenant, p && mw__policy_has_deliver(p), st);
   stats_flush(hub, st);
+}
+
+/* The replay: missed events, then the live ones held meanwhile. */
+static void replay_task(mw_worker_t *w, void *arg) {
+  recovery_t *r = arg;
+  mw_sub_t *s = r->sub;
+  if (s && w->hub) {
+    s->recovery = NULL;
+    deliver_stats_t st = {0};
+    if (r->status == 0 && r->recovered)
+      for (size_t i = 0; i < r->nevents; i++)
+        replay_one(w->hub, s, r->events[i], &st);
+    for (size_t i = 0; i < r->nheld; i++) replay_one(w->hub, s, r->held[i], &st);
+  }
+  recovery_free(r);
 }
 
 static void on_history(int status, mw_event_t *const *events, size_t n,
@@ -437,19 +465,23 @@ static void on_history(int status, mw_event_t *const *events, size_t n,
       s->last_seq = top_seq;
     }
   }
-  /* The answer first, then the missed events, then what was held. */
+  /* The answer first; the missed events and what was held follow on the
+   * next turn of the loop, so a transport that answers once for several
+   * topics (one WebSocket ack) still answers before any replayed event. */
+  r->recovered = recovered;
+  r->status = status;
+  r->events = mw_xcalloc(n ? n : 1, sizeof *r->events);
+  for (size_t i = 0; i < n; i++) r->events[r->nevents++] = mw_event_ref(events[i]);
   if (r->cb)
     r->cb(status, s->topic->name, recovered, status ? 0 : top_seq,
           status ? NULL : cur_epoch, r->ud);
+  r->cb = NULL;
   if (!r->sub) { /* the answer made the client unsubscribe */
     recovery_free(r);
     return;
   }
-  s->recovery = NULL;
-  if (status == 0 && recovered)
-    for (size_t i = 0; i < n; i++) replay_one(hub, s, events[i], &st);
-  for (size_t i = 0; i < r->nheld; i++) replay_one(hub, s, r->held[i], &st);
-  recovery_free(r);
+  if (mw__worker_post(hub->worker, replay_task, r)) replay_task(hub->worker, r);
+  (void)st;
 }
 
 int mw__subscribe_since(mw_client_t *c, const char *topic, uint64_t since,

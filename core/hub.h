@@ -47,6 +47,12 @@ uint64_t mw__hub_next_client_number(mw_hub_t *hub);
 mw_metric_t *mw__hub_gauge(mw_hub_t *hub, const char *transport,
                            mw_metric_t *(*make)(const char *transport));
 
+/* Calls fn for every topic with local subscribers. */
+void mw__hub_foreach_topic(const mw_hub_t *hub,
+                           void (*fn)(const char *topic, size_t subscribers,
+                                      void *ud),
+                           void *ud);
+
 /* Number of topics with local subscribers. */
 size_t mw__hub_topic_count(const mw_hub_t *hub);
 

@@ -3,6 +3,7 @@
 
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
@@ -82,6 +83,10 @@ void fixture_init(core_fixture_t *f, const char *const *flags) {
   w->read_buf = mw_xmalloc(65536);
   mw__list_init(&w->conns);
   mw__list_init(&w->dirty);
+  mw__list_init(&w->tasks);
+  /* No inbox or task queue in unit tests: posted tasks run at once. */
+  assert_int_equal(uv_mutex_init(&w->inbox_lock), 0);
+  w->inbox_cap = SIZE_MAX;
   w->hub = mw__hub_new(w);
   fixture_set_policy(f, NULL);
 }
@@ -117,6 +122,7 @@ void fixture_done(core_fixture_t *f) {
   w->policy = NULL;
   assert_int_equal(uv_loop_close(&w->loop), 0);
   free(w->read_buf);
+  uv_mutex_destroy(&w->inbox_lock);
   free(f->server.routes);
   for (size_t i = 0; i < f->npeers; i++) close(f->peers[i]);
   mw__config_free(&f->cfg);
