@@ -299,6 +299,15 @@ static mw_event_t *changed_event(mw_hub_t *hub, const mw_event_t *ev,
   return out;
 }
 
+/* The tenant of an event: data.tenant_id; NULL when absent (public). A
+ * tenant_id that is not a string (publish refuses those; another node might
+ * not) belongs to no connection's tenant: it must not read as public. */
+static const char *event_tenant(const json_t *data) {
+  json_t *t = json_object_get(data, "tenant_id");
+  if (!t || json_is_null(t)) return NULL;
+  return json_is_string(t) ? json_string_value(t) : "\x01invalid";
+}
+
 typedef struct deliver_stats {
   size_t delivered, tenant, policy, error;
 } deliver_stats_t;
@@ -382,8 +391,7 @@ void mw__hub_deliver(mw_hub_t *hub, mw_event_t *ev) {
   if (!t) return;
   mw_policy_t *p = mw__worker_policy(hub->worker);
   const json_t *data = mw__event_data(ev);
-  const char *ev_tenant =
-      json_string_value(json_object_get(data, "tenant_id"));
+  const char *ev_tenant = event_tenant(data);
   int hook = p && mw__policy_has_deliver(p);
   deliver_stats_t st = {0};
   /* A delivery never frees a subscription synchronously (closing is
@@ -417,7 +425,7 @@ static void replay_one(mw_hub_t *hub, mw_sub_t *s, mw_event_t *ev,
   if (already_seen(s, ev)) return;
   mw_policy_t *p = mw__worker_policy(hub->worker);
   const json_t *data = mw__event_data(ev);
-  const char *ev_tenant = json_string_value(json_object_get(data, "tenant_id"));
+  const char *ev_tenant = event_tenant(data);
   deliver_to(hub, s, ev, data, ev_tenant, p && mw__policy_has_deliver(p), st);
   stats_flush(hub, st);
 }

@@ -198,6 +198,9 @@ int mw__publish_json(mw_worker_t *w, const char *topic, const char *event,
     return invalid(cb, ud, "event: 1..128 bytes of UTF-8 text");
   if (data && !json_is_object(data))
     return invalid(cb, ud, "data: must be an object");
+  json_t *tenant = data ? json_object_get(data, "tenant_id") : NULL;
+  if (tenant && (!json_is_string(tenant) || json_string_length(tenant) == 0))
+    return invalid(cb, ud, "data.tenant_id: must be a non-empty string");
   if (trace_id && !trace_valid(trace_id))
     return invalid(cb, ud, "trace_id: 1..64 characters of [A-Za-z0-9-_.:]");
   char trace[40];

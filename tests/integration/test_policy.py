@@ -482,7 +482,6 @@ class MultiTenant(PolicyCase):
         self.arun(go())
         self.srv.wait_metric(iso, lambda v: v >= before + 1)
 
-    @unittest.expectedFailure  # server bug: a non-string data.tenant_id is public
     def test_non_string_tenant_id_is_not_public(self):
         """Isolation must not fail open when a backend sends a tenant id that
         is not a string (a number, a boolean): such an event is either

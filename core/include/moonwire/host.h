@@ -248,8 +248,16 @@ typedef struct mw_host_v1 {
    * allowed one (`headers` then holds the Access-Control-* lines to add,
    * possibly empty), MW_EDENIED when its Origin is not allowed. */
   int (*http_cors)(const mw_http_request_t *req, char *headers, size_t len);
+  /* Who is subscribed to `topic` on every node: `cb` gets a JSON object
+   * {"topic","clients":N,"users":[...],"connections":[{"client_id",
+   * "user_id"}]} as text (borrowed), or an error (MW_EUNAVAIL, MW_ENOTFOUND
+   * when the storage keeps no presence). Fires exactly once unless this
+   * returns an error. */
+  int (*presence)(mw_worker_t *w, const char *topic,
+                  void (*cb)(int status, const char *json, void *ud),
+                  void *ud);
 
-  void *reserved[5];
+  void *reserved[4];
 } mw_host_v1_t;
 
 #endif

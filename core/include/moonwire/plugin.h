@@ -51,6 +51,17 @@ typedef void (*mw_store_history_cb)(int status, mw_event_t *const *events,
                                     size_t n, uint64_t top_seq,
                                     const char *epoch, int complete, void *ud);
 
+/* One presence entry: a subscriber of a topic. */
+typedef struct mw_presence_entry {
+  const char *client_id;
+  const char *user_id; /* "" for an anonymous identity */
+} mw_presence_entry_t;
+
+/* Completion of a presence list: exactly once; entries borrowed. */
+typedef void (*mw_store_presence_cb)(int status,
+                                     const mw_presence_entry_t *entries,
+                                     size_t n, void *ud);
+
 typedef struct mw_storage_v1 {
   uint32_t struct_size;
   /* Assigns the next seq of the draft's topic, seals it (host->event_seal),
@@ -67,7 +78,23 @@ typedef struct mw_storage_v1 {
                  mw_store_history_cb cb, void *ud);
   /* 1 when the storage is reachable, 0 otherwise (any thread). */
   int (*healthy)(void *wstate);
-  void *reserved[8];
+
+  /* --- ABI 1.2, optional (NULL: no presence) --- */
+  /* Adds or refreshes `client_id` (of `user_id`) under `topic`; the entry
+   * expires after `ttl_ms` unless refreshed (a node that dies leaves no
+   * ghosts beyond that). */
+  int (*presence_add)(void *wstate, const char *topic, const char *client_id,
+                      const char *user_id, uint64_t ttl_ms);
+  /* Removes an entry (0 also when it was not there). */
+  int (*presence_remove)(void *wstate, const char *topic,
+                         const char *client_id);
+  /* The live entries of a topic, on every node. */
+  int (*presence_list)(void *wstate, const char *topic,
+                       mw_store_presence_cb cb, void *ud);
+  /* Fans a sealed, unsequenced event (seq 0: presence join/leave) out to
+   * every node without storing it (on this node through host->fanout). */
+  int (*broadcast)(void *wstate, mw_event_t *ev);
+  void *reserved[4];
 } mw_storage_v1_t;
 
 /* --- every plugin ------------------------------------------------------ */
