@@ -373,6 +373,31 @@ static void api_topics(mw_http_request_t *req, void *unused) {
       topics_collect(&s->workers[i], op); /* stopped: nothing to add */
 }
 
+/* --- GET /api/presence ---------------------------------------------------- */
+
+static void on_presence(int status, const char *json, void *ud) {
+  mw_http_request_t *req = ud;
+  if (status)
+    respond_error(req, mw__publish_http_status(status), mw_strerror(status));
+  else
+    mw__http_respond_json(req, 200, json);
+}
+
+static void api_presence(mw_http_request_t *req, void *unused) {
+  if (!api_allowed(req)) return;
+  const char *topic = mw__http_query(req, "topic");
+  if (!topic || !mw__topic_valid(topic, strlen(topic))) {
+    respond_error(req, 400, "expected ?topic=T");
+    return;
+  }
+  int rc = mw__presence_query(mw__http_worker(req), NULL, topic, on_presence,
+                              req);
+  if (rc == MW_ENOTFOUND)
+    respond_error(req, 501, "the storage keeps no presence");
+  else if (rc)
+    respond_error(req, mw__publish_http_status(rc), mw_strerror(rc));
+}
+
 /* --- GET /healthz, /metrics, / ------------------------------------------ */
 
 static void healthz(mw_http_request_t *req, void *unused) {
@@ -415,6 +440,7 @@ void mw__api_register(mw_server_t *s) {
   mw__server_route(s, "POST", "/api/reload", api_reload, NULL);
   mw__server_route(s, "GET", "/api/history", api_history, NULL);
   mw__server_route(s, "GET", "/api/topics", api_topics, NULL);
+  mw__server_route(s, "GET", "/api/presence", api_presence, NULL);
   mw__server_route(s, "GET", "/healthz", healthz, NULL);
   mw__server_route(s, "GET", "/metrics", metrics, NULL);
   mw__server_route(s, "GET", "/", index_page, NULL);

@@ -58,7 +58,7 @@ static const known_key_t known[] = {
     {"limits.lua_memory", K_INT, 0, NULL, "67108864", NULL},
     {"limits.message_rate", K_INT, 0, "message rate limits", NULL, NULL},
     {"cors.origins", K_LIST, 0, NULL, NULL, NULL},
-    {"presence_topics", K_LIST, 0, "presence (issue 4)", NULL, NULL},
+    {"presence_topics", K_LIST, 0, NULL, NULL, NULL},
 };
 #define KNOWN_COUNT (sizeof known / sizeof known[0])
 

@@ -87,6 +87,35 @@ int mw__event_seal(mw_event_t *ev, uint64_t seq, const char *epoch) {
   return 0;
 }
 
+mw_event_t *mw__event_ephemeral(const char *type, const char *topic,
+                                const char *name, json_t *data) {
+  mw_event_t *ev = mw__event_draft(topic, name, NULL, data);
+  event_impl_t *e = (event_impl_t *)ev;
+  json_t *env = json_object();
+  json_object_set_new(env, "type", json_string(type));
+  json_object_set_new(env, "topic", json_string(e->topic));
+  json_object_set_new(env, "event", json_string(e->name));
+  json_object_set(env, "data", e->data);
+  char *text = json_dumps(env, JSON_COMPACT);
+  msgpack_sbuffer sb;
+  msgpack_sbuffer_init(&sb);
+  msgpack_packer pk;
+  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+  int rc = mw_codec_pack_json(&pk, env);
+  json_decref(env);
+  e->data_text = json_dumps(e->data, JSON_COMPACT);
+  if (!text || rc || !e->data_text) mw_oom();
+  e->wire_json = text;
+  e->wire_msgpack = sb.data;
+  ev->data_json.data = e->data_text;
+  ev->data_json.len = strlen(e->data_text);
+  ev->wire[MW_WIRE_JSON].data = text;
+  ev->wire[MW_WIRE_JSON].len = strlen(text);
+  ev->wire[MW_WIRE_MSGPACK].data = sb.data;
+  ev->wire[MW_WIRE_MSGPACK].len = sb.size;
+  return ev; /* seq 0, no epoch: never stored, never recovered */
+}
+
 int mw__event_parse(const char *json, size_t len, const char *epoch,
                     mw_event_t **out) {
   *out = NULL;

@@ -16,6 +16,12 @@ mw_event_t *mw__event_draft(const char *topic, const char *name,
  * 0, or MW_EINVAL if already sealed or seq is 0. */
 int mw__event_seal(mw_event_t *ev, uint64_t seq, const char *epoch);
 
+/* A message that is not stored and has no seq (presence join/leave): the
+ * wire forms are {"type":type,"topic","event":name,"data"}, encoded now.
+ * One reference; takes ownership of `data`. */
+mw_event_t *mw__event_ephemeral(const char *type, const char *topic,
+                                const char *name, json_t *data);
+
 /* Rebuilds a sealed event from its JSON envelope. 0 or MW_EINVAL. */
 int mw__event_parse(const char *json, size_t len, const char *epoch,
                     mw_event_t **out);

@@ -108,6 +108,7 @@ static const mw_host_v1_t host_table = {
     .subscribe_since = mw__subscribe_since,
     .client_position = mw__client_position,
     .http_cors = mw__cors_check,
+    .presence = mw__presence_query,
 };
 
 const mw_host_v1_t *mw__host(void) {

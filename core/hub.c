@@ -30,6 +30,7 @@ struct mw_sub {
   mw_client_t *client;
   mw_sub_t *tprev, *tnext; /* in the topic's list */
   mw_sub_t *cprev, *cnext; /* in the client's list */
+  int presence_events;     /* join/leave events are sent for this one */
   uint64_t last_seq;       /* the newest seq delivered (or skipped) */
   char epoch[40];          /* the epoch last_seq belongs to ("" unknown) */
   struct recovery *recovery; /* while history is replayed: live events wait */
@@ -168,7 +169,136 @@ mw_metric_t *mw__hub_gauge(mw_hub_t *hub, const char *transport,
   return g;
 }
 
+/* --- presence ------------------------------------------------------------ */
+
+static uint64_t presence_ttl_ms(mw_worker_t *w) {
+  return (uint64_t)mw__config_int(w->server->cfg, "limits.idle_timeout", 60) *
+         1000;
+}
+
+/* 1 if config names `topic` a presence topic (presence_topics patterns). */
+static int presence_topic(mw_worker_t *w, const char *topic) {
+  const char *list = mw__config_string(w->server->cfg, "presence_topics", NULL);
+  if (!list || !*list) return 0;
+  char pat[300];
+  for (const char *p = list; *p;) {
+    const char *end = strchr(p, ',');
+    size_t n = end ? (size_t)(end - p) : strlen(p);
+    if (n < sizeof pat) {
+      memcpy(pat, p, n);
+      pat[n] = 0;
+      if (mw__topic_match(pat, topic)) return 1;
+    }
+    p += n;
+    if (*p == ',') p++;
+  }
+  return 0;
+}
+
+/* Sends a join or leave to every subscriber of the topic, on every node. */
+static void presence_event(mw_client_t *c, const char *topic,
+                           const char *kind) {
+  json_t *data = json_pack("{s:s}", "client_id", c->id);
+  if (c->ident.user_id)
+    json_object_set_new(data, "user_id", json_string(c->ident.user_id));
+  if (c->ident.tenant_id)
+    json_object_set_new(data, "tenant_id", json_string(c->ident.tenant_id));
+  mw_event_t *ev = mw__event_ephemeral("presence", topic, kind, data);
+  const mw_storage_v1_t *st = mw__storage();
+  if (!st->broadcast ||
+      st->broadcast(mw__storage_wstate(c->worker), ev) != 0)
+    mw__server_fanout(ev); /* at least this node */
+  mw_event_unref(&ev);
+}
+
+static void presence_join(mw_sub_t *s) {
+  mw_client_t *c = s->client;
+  const mw_storage_v1_t *st = mw__storage();
+  if (st && st->presence_add)
+    st->presence_add(mw__storage_wstate(c->worker), s->topic->name, c->id,
+                     c->ident.user_id ? c->ident.user_id : "",
+                     presence_ttl_ms(c->worker));
+  if (s->presence_events) presence_event(c, s->topic->name, "join");
+}
+
+static void presence_leave(mw_sub_t *s) {
+  mw_client_t *c = s->client;
+  const mw_storage_v1_t *st = mw__storage();
+  if (st && st->presence_remove)
+    st->presence_remove(mw__storage_wstate(c->worker), s->topic->name, c->id);
+  if (s->presence_events) presence_event(c, s->topic->name, "leave");
+}
+
+static mw_sub_t *find_sub(mw_client_t *c, const char *topic);
+
+typedef struct presence_query {
+  void (*cb)(int status, const char *json, void *ud);
+  void *ud;
+  char *topic;
+} presence_query_t;
+
+static void on_presence_list(int status, const mw_presence_entry_t *e,
+                             size_t n, void *ud) {
+  presence_query_t *q = ud;
+  if (status) {
+    q->cb(status, NULL, q->ud);
+  } else {
+    json_t *users = json_array(), *conns = json_array(), *seen = json_object();
+    for (size_t i = 0; i < n; i++) {
+      json_array_append_new(conns, json_pack("{s:s,s:s}", "client_id",
+                                             e[i].client_id, "user_id",
+                                             e[i].user_id));
+      if (e[i].user_id[0] && !json_object_get(seen, e[i].user_id)) {
+        json_object_set_new(seen, e[i].user_id, json_true());
+        json_array_append_new(users, json_string(e[i].user_id));
+      }
+    }
+    json_t *o = json_pack("{s:s,s:I,s:o,s:o}", "topic", q->topic, "clients",
+                          (json_int_t)n, "users", users, "connections", conns);
+    char *text = json_dumps(o, JSON_COMPACT);
+    q->cb(0, text, q->ud);
+    free(text);
+    json_decref(o);
+    json_decref(seen);
+  }
+  free(q->topic);
+  free(q);
+}
+
+int mw__presence_query(mw_worker_t *w, mw_client_t *c, const char *topic,
+                       void (*cb)(int status, const char *json, void *ud),
+                       void *ud) {
+  if (!topic || !mw__topic_valid(topic, strlen(topic))) return MW_EINVAL;
+  const mw_storage_v1_t *st = mw__storage();
+  if (!st->presence_list) return MW_ENOTFOUND;
+  if (c && !find_sub(c, topic)) return MW_EDENIED;
+  presence_query_t *q = mw_xcalloc(1, sizeof *q);
+  q->cb = cb;
+  q->ud = ud;
+  q->topic = mw_xstrdup(topic);
+  int rc = st->presence_list(mw__storage_wstate(w), topic, on_presence_list, q);
+  if (rc) {
+    free(q->topic);
+    free(q);
+  }
+  return rc;
+}
+
+void mw__hub_presence_refresh(mw_hub_t *hub) {
+  const mw_storage_v1_t *st = mw__storage();
+  if (!st || !st->presence_add) return;
+  void *ws = mw__storage_wstate(hub->worker);
+  uint64_t ttl = presence_ttl_ms(hub->worker);
+  for (mw_topic_t *t = hub->topics; t; t = t->hh.next)
+    for (mw_sub_t *s = t->subs; s; s = s->tnext)
+      st->presence_add(ws, t->name, s->client->id,
+                       s->client->ident.user_id ? s->client->ident.user_id
+                                                : "",
+                       ttl);
+}
+
 static void sub_remove(mw_sub_t *s) {
+  if (mw__server() && mw__server()->storage) presence_leave(s);
   if (s->recovery) s->recovery->sub = NULL; /* its history answer is dropped */
   mw_topic_t *t = s->topic;
   mw_client_t *c = s->client;
@@ -219,11 +349,13 @@ int mw__subscribe(mw_client_t *c, const char *topic) {
     mw__metric_add(m_rej_tenant_topic, 1);
     return MW_EDENIED;
   }
+  int presence = presence_topic(c->worker, topic);
   if (p && mw__policy_has_subscribe(p)) {
     mw_policy_result_t res;
     memset(&res, 0, sizeof res);
     mw__policy_subscribe(p, &c->ident, topic, &res);
     int ok = res.status == MW_POLICY_OK && res.verdict == MW_VERDICT_ALLOW;
+    if (ok && res.presence) presence = 1;
     if (!ok) {
       mw__client_set_error(c, res.code ? res.code : 403,
                            res.status != MW_POLICY_OK ? "policy error"
@@ -255,6 +387,8 @@ int mw__subscribe(mw_client_t *c, const char *topic) {
   t->nsubs++;
   c->nsubs++;
   mw__metric_add(m_subs, 1);
+  s->presence_events = presence;
+  if (mw__server() && mw__server()->storage) presence_join(s);
   return 0;
 }
 
@@ -318,9 +452,11 @@ static void deliver_to(mw_hub_t *hub, mw_sub_t *s, mw_event_t *ev,
                        const json_t *data, const char *ev_tenant, int hook,
                        deliver_stats_t *st) {
   mw_client_t *c = s->client;
-  s->last_seq = ev->seq;
-  if (ev->epoch && strcmp(s->epoch, ev->epoch) != 0)
-    snprintf(s->epoch, sizeof s->epoch, "%s", ev->epoch);
+  if (ev->seq) { /* seq 0: presence, not a position */
+    s->last_seq = ev->seq;
+    if (ev->epoch && strcmp(s->epoch, ev->epoch) != 0)
+      snprintf(s->epoch, sizeof s->epoch, "%s", ev->epoch);
+  }
   const char *tenant = c->ident.tenant_id;
   /* Tenant isolation, before any hook: a tenant's connection never sees
    * another tenant's event unless the policy widened it explicitly. */
@@ -331,7 +467,8 @@ static void deliver_to(mw_hub_t *hub, mw_sub_t *s, mw_event_t *ev,
   }
   mw_policy_t *p = mw__worker_policy(hub->worker);
   mw_event_t *out = ev;
-  if (hook || (tenant && p && mw__policy_tenant_has_transform(p, tenant))) {
+  if (ev->seq && /* presence messages skip the event hooks */
+      (hook || (tenant && p && mw__policy_tenant_has_transform(p, tenant)))) {
     mw_policy_result_t res;
     memset(&res, 0, sizeof res);
     mw__policy_deliver(p, &c->ident, ev, data, &res);
@@ -367,7 +504,7 @@ static void stats_flush(mw_hub_t *hub, deliver_stats_t *st) {
 
 /* 1 if `ev` is one the subscription already has (same epoch, seq not newer). */
 static int already_seen(const mw_sub_t *s, const mw_event_t *ev) {
-  return s->last_seq && ev->seq <= s->last_seq && ev->epoch &&
+  return ev->seq && s->last_seq && ev->seq <= s->last_seq && ev->epoch &&
          strcmp(s->epoch, ev->epoch) == 0;
 }
 

@@ -53,6 +53,15 @@ void mw__hub_foreach_topic(const mw_hub_t *hub,
                                       void *ud),
                            void *ud);
 
+/* See the host table's presence. */
+int mw__presence_query(mw_worker_t *w, mw_client_t *c, const char *topic,
+                       void (*cb)(int status, const char *json, void *ud),
+                       void *ud);
+
+/* Refreshes the presence entries of every local subscription (their expiry
+ * in the storage); called on a timer. */
+void mw__hub_presence_refresh(mw_hub_t *hub);
+
 /* Number of topics with local subscribers. */
 size_t mw__hub_topic_count(const mw_hub_t *hub);
 

@@ -232,6 +232,11 @@ static void on_connection(uv_stream_t *server, int status) {
   mw__conn_accept(w, server);
 }
 
+static void on_presence_refresh(uv_timer_t *t) {
+  mw_worker_t *w = t->data;
+  if (w->hub) mw__hub_presence_refresh(w->hub);
+}
+
 static void on_flush(uv_prepare_t *p) {
   mw__conn_flush_dirty(p->data);
 }
@@ -266,6 +271,7 @@ static void worker_finish(mw_worker_t *w) {
   uv_close((uv_handle_t *)&w->wakeup, NULL);
   uv_close((uv_handle_t *)&w->flush, NULL);
   uv_close((uv_handle_t *)&w->drain_timer, NULL);
+  uv_close((uv_handle_t *)&w->presence_timer, NULL);
 }
 
 static void on_drain_tick(uv_timer_t *t) {
@@ -329,6 +335,11 @@ static void worker_main(void *arg) {
   uv_prepare_start(&w->flush, on_flush);
   uv_timer_init(&w->loop, &w->drain_timer);
   w->drain_timer.data = w;
+  uv_timer_init(&w->loop, &w->presence_timer);
+  w->presence_timer.data = w;
+  uint64_t refresh =
+      (uint64_t)mw__config_int(s->cfg, "limits.idle_timeout", 60) * 500;
+  uv_timer_start(&w->presence_timer, on_presence_refresh, refresh, refresh);
   uv_tcp_init(&w->loop, &w->listener);
   w->listener.data = w;
   w->hub = mw__hub_new(w);

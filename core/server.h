@@ -29,6 +29,7 @@ struct mw_worker {
   uv_async_t wakeup;      /* inbox and commands */
   uv_prepare_t flush;     /* writes queued this iteration go out here */
   uv_timer_t drain_timer; /* polls for the end of a drain */
+  uv_timer_t presence_timer; /* refreshes presence entries */
   uv_mutex_t inbox_lock;
   mw_event_t **inbox;     /* events to fan out, guarded by inbox_lock */
   size_t inbox_len, inbox_cap;

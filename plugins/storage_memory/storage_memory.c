@@ -41,10 +41,25 @@ typedef struct mem_topic {
   UT_hash_handle hh;
 } mem_topic_t;
 
+/* Presence: who is subscribed to a topic, each entry with an expiry. */
+typedef struct mem_member {
+  char *client_id; /* owned; the hash key */
+  char *user_id;
+  uint64_t expires_ms;
+  UT_hash_handle hh;
+} mem_member_t;
+
+typedef struct mem_room {
+  char *name; /* owned; the hash key */
+  mem_member_t *members;
+  UT_hash_handle hh;
+} mem_room_t;
+
 typedef struct mem_state {
   const mw_host_v1_t *host;
   pthread_mutex_t lock; /* guards everything below */
   mem_topic_t *topics;  /* uthash head */
+  mem_room_t *rooms;    /* presence, uthash head */
   size_t max_len;       /* history.size */
   uint64_t ttl_ms;      /* history.ttl in ms; 0: no time limit */
   char epoch[17];
@@ -292,11 +307,141 @@ static int mem_worker_start(void *state, mw_worker_t *w, void **wstate) {
 
 static void mem_worker_stop(void *wstate) {}
 
+/* --- presence ----------------------------------------------------------- */
+
+static void mem_member_free(mem_room_t *r, mem_member_t *m) {
+  HASH_DEL(r->members, m);
+  free(m->client_id);
+  free(m->user_id);
+  free(m);
+}
+
+static void mem_room_free_if_empty(mem_state_t *st, mem_room_t *r) {
+  if (r->members) return;
+  HASH_DEL(st->rooms, r);
+  free(r->name);
+  free(r);
+}
+
+/* Drops the expired members of a room. */
+static void mem_room_expire(mem_room_t *r, uint64_t now) {
+  mem_member_t *m, *tmp;
+  HASH_ITER(hh, r->members, m, tmp) {
+    if (m->expires_ms <= now) mem_member_free(r, m);
+  }
+}
+
+static int mem_presence_add(void *wstate, const char *topic,
+                            const char *client_id, const char *user_id,
+                            uint64_t ttl_ms) {
+  mem_state_t *st = wstate;
+  pthread_mutex_lock(&st->lock);
+  mem_room_t *r;
+  HASH_FIND_STR(st->rooms, topic, r);
+  if (!r) {
+    r = calloc(1, sizeof *r);
+    if (!r || !(r->name = strdup(topic))) {
+      free(r);
+      pthread_mutex_unlock(&st->lock);
+      return MW_ENOMEM;
+    }
+    HASH_ADD_KEYPTR(hh, st->rooms, r->name, strlen(r->name), r);
+  }
+  mem_member_t *m;
+  HASH_FIND_STR(r->members, client_id, m);
+  if (!m) {
+    m = calloc(1, sizeof *m);
+    if (!m || !(m->client_id = strdup(client_id)) ||
+        !(m->user_id = strdup(user_id ? user_id : ""))) {
+      if (m) free(m->client_id);
+      free(m);
+      mem_room_free_if_empty(st, r);
+      pthread_mutex_unlock(&st->lock);
+      return MW_ENOMEM;
+    }
+    HASH_ADD_KEYPTR(hh, r->members, m->client_id, strlen(m->client_id), m);
+  }
+  m->expires_ms = mem_now_ms() + ttl_ms;
+  pthread_mutex_unlock(&st->lock);
+  return 0;
+}
+
+static int mem_presence_remove(void *wstate, const char *topic,
+                               const char *client_id) {
+  mem_state_t *st = wstate;
+  pthread_mutex_lock(&st->lock);
+  mem_room_t *r;
+  HASH_FIND_STR(st->rooms, topic, r);
+  if (r) {
+    mem_member_t *m;
+    HASH_FIND_STR(r->members, client_id, m);
+    if (m) mem_member_free(r, m);
+    mem_room_free_if_empty(st, r);
+  }
+  pthread_mutex_unlock(&st->lock);
+  return 0;
+}
+
+/* Completes synchronously, like every memory call. */
+static int mem_presence_list(void *wstate, const char *topic,
+                             mw_store_presence_cb cb, void *ud) {
+  mem_state_t *st = wstate;
+  pthread_mutex_lock(&st->lock);
+  mem_room_t *r;
+  HASH_FIND_STR(st->rooms, topic, r);
+  size_t n = 0;
+  mw_presence_entry_t *list = NULL;
+  if (r) {
+    mem_room_expire(r, mem_now_ms());
+    n = HASH_COUNT(r->members);
+    list = calloc(n ? n : 1, sizeof *list);
+    if (!list) {
+      pthread_mutex_unlock(&st->lock);
+      return MW_ENOMEM;
+    }
+    size_t i = 0;
+    for (mem_member_t *m = r->members; m; m = m->hh.next, i++) {
+      /* Copies: the callback runs after the lock is released. */
+      list[i].client_id = strdup(m->client_id);
+      list[i].user_id = strdup(m->user_id);
+    }
+    mem_room_free_if_empty(st, r);
+  }
+  pthread_mutex_unlock(&st->lock);
+  int ok = 1;
+  for (size_t i = 0; i < n; i++)
+    if (!list[i].client_id || !list[i].user_id) ok = 0;
+  if (ok)
+    cb(0, list, n, ud);
+  else
+    cb(MW_ENOMEM, NULL, 0, ud);
+  for (size_t i = 0; i < n; i++) {
+    free((char *)list[i].client_id);
+    free((char *)list[i].user_id);
+  }
+  free(list);
+  return 0;
+}
+
+/* A single node: broadcasting is fanning out here. */
+static int mem_broadcast(void *wstate, mw_event_t *ev) {
+  mem_state_t *st = wstate;
+  st->host->fanout(ev);
+  return 0;
+}
+
 static void mem_destroy(void *state) {
   mem_state_t *st = state;
   mem_topic_t *t, *tmp;
 
   if (st == NULL) return;
+  mem_room_t *r, *rtmp;
+  HASH_ITER(hh, st->rooms, r, rtmp) {
+    while (r->members) mem_member_free(r, r->members);
+    HASH_DEL(st->rooms, r);
+    free(r->name);
+    free(r);
+  }
   HASH_ITER(hh, st->topics, t, tmp) {
     HASH_DEL(st->topics, t);
     while (t->len > 0)
@@ -315,6 +460,10 @@ static const mw_storage_v1_t mem_storage = {
     .position = mem_position,
     .history = mem_history,
     .healthy = mem_healthy,
+    .presence_add = mem_presence_add,
+    .presence_remove = mem_presence_remove,
+    .presence_list = mem_presence_list,
+    .broadcast = mem_broadcast,
 };
 
 /* The plugin's one exported symbol. */

@@ -143,7 +143,7 @@ class Protocol(ServerTestCase):
                 self.assertEqual((await ws_recv(sub))["seq"], 2)
         self.arun(go())
 
-    def test_presence_not_available_yet_and_auth_once(self):
+    def test_presence_and_auth_once(self):
         async def go():
             async with ws_connect(self.srv) as ws:
                 # The first message authenticates (the default policy lets
@@ -151,11 +151,20 @@ class Protocol(ServerTestCase):
                 reply, _ = await ws_request(ws, {"type": "auth", "id": "a0", "token": "t"})
                 self.assertEqual(reply["type"], "ack")
                 self.assertEqual(reply["data"]["user_id"], "anonymous")
-                for msg, code in (({"type": "presence", "id": "pr", "topic": "room:1"}, 501),
+                for msg, code in (({"type": "presence", "id": "pr", "topic": "room:1"}, 403),
                                   ({"type": "auth", "id": "au", "token": "t"}, 400)):
                     reply, _ = await ws_request(ws, msg)
                     self.assertEqual(reply["type"], "error", msg)
                     self.assertEqual(reply["code"], code, msg)
+                # Subscribed, the connection may ask who else is there.
+                reply, _ = await ws_request(ws, {"type": "subscribe", "id": "s1",
+                                                 "topics": ["room:1"]})
+                self.assertEqual(reply["type"], "ack")
+                reply, _ = await ws_request(ws, {"type": "presence", "id": "pr2",
+                                                 "topic": "room:1"})
+                self.assertEqual(reply["type"], "ack")
+                self.assertEqual(reply["data"]["clients"], 1)
+                self.assertEqual(reply["data"]["users"], ["anonymous"])
                 reply, _ = await ws_request(ws, {"type": "ping", "id": "open"})
                 self.assertEqual(reply["type"], "pong")
         self.arun(go())

@@ -347,6 +347,17 @@ static int h_subscribe_since(mw_client_t *c, const char *topic, uint64_t since,
   return 0;
 }
 
+static int h_presence(mw_worker_t *w, mw_client_t *c, const char *topic,
+                      void (*cb)(int status, const char *json, void *ud),
+                      void *ud) {
+  (void)w;
+  (void)c;
+  fake_record("presence", topic);
+  if (!fake.presence_json) return MW_ENOTFOUND;
+  cb(0, fake.presence_json, ud);
+  return 0;
+}
+
 static const char *h_client_id(const mw_client_t *c) {
   return "test-0-1";
 }
@@ -498,6 +509,7 @@ void fake_host_init(uv_loop_t *loop) {
   h->client_tenant_id = h_client_tenant_id;
   h->client_disconnect = h_client_disconnect;
   h->subscribe_since = h_subscribe_since;
+  h->presence = h_presence;
 }
 
 void fake_host_close_all(void) {

@@ -113,6 +113,7 @@ typedef struct fake_state {
   char connect_token[64]; /* the token client_connect was given ("" none) */
   int connects;           /* client_connect calls */
   const char *subscribe_deny; /* subscribe answers MW_EDENIED for this topic */
+  const char *presence_json;  /* presence answers this (NULL: MW_ENOTFOUND) */
   int recover_recovered;      /* subscribe_since reports this */
   uint64_t recover_since;     /* ... and records the since it was given */
   char recover_epoch[40];

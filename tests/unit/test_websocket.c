@@ -644,6 +644,20 @@ static void test_subscribe_denied_carries_code_and_reason(void **st) {
   assert_false(c->closed);
 }
 
+static void test_presence_ack(void **st) {
+  fake.presence_json = "{\"topic\":\"room:1\",\"clients\":2,\"users\":[\"u1\"]}";
+  mw_conn_t *c = connect_ws(NULL, NULL);
+  send_text(c, "{\"type\":\"presence\",\"id\":\"p1\",\"topic\":\"room:1\"}");
+  json_t *j = read_json(c);
+  assert_json_str(j, "type", "ack");
+  assert_json_str(j, "id", "p1");
+  assert_int_equal(
+      json_integer_value(json_object_get(json_object_get(j, "data"), "clients")),
+      2);
+  json_decref(j);
+  assert_int_equal(fake_calls("presence", "room:1"), 1);
+}
+
 static void test_presence_501(void **st) {
   mw_conn_t *c = connect_ws(NULL, NULL);
   send_text(c, "{\"type\":\"presence\",\"id\":\"r3\",\"topic\":\"room:1\"}");
@@ -1095,6 +1109,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_first_message_without_auth_connects_anonymously, setup, teardown),
       cmocka_unit_test_setup_teardown(test_subscribe_denied_carries_code_and_reason, setup, teardown),
       cmocka_unit_test_setup_teardown(test_subscribe_since_recovers, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_presence_ack, setup, teardown),
       cmocka_unit_test_setup_teardown(test_presence_501, setup, teardown),
       cmocka_unit_test_setup_teardown(test_publish, setup, teardown),
       cmocka_unit_test_setup_teardown(test_publish_answer_after_close, setup,

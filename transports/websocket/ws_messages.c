@@ -383,6 +383,53 @@ static void ws_msg_publish(ws_session_t *s, json_t *msg, json_t *id) {
   }
 }
 
+/* --- presence ------------------------------------------------------------ */
+
+typedef struct ws_presence_req {
+  ws_session_t *s; /* holds a reference */
+  json_t *id;
+} ws_presence_req_t;
+
+static void ws_presence_cb(int status, const char *text, void *ud) {
+  ws_presence_req_t *req = ud;
+  ws_session_t *s = req->s;
+  if (ws_session_open_for_replies(s)) {
+    json_t *data = status ? NULL : json_loads(text, 0, NULL);
+    if (data)
+      ws_reply_ack(s, req->id, data);
+    else if (status == MW_EDENIED)
+      ws_reply_error(s, req->id, 403, "subscribe to the topic first");
+    else if (status == MW_ENOTFOUND)
+      ws_reply_error(s, req->id, 501, "the storage keeps no presence");
+    else
+      ws_reply_error(s, req->id, ws_error_code(status ? status : MW_EINVAL),
+                     s->host->strerror(status ? status : MW_EINVAL));
+  }
+  json_decref(req->id);
+  free(req);
+  ws_session_unref(s);
+}
+
+/* {"type":"presence","id":..,"topic":T}: who is subscribed to T (the asking
+ * connection must be subscribed to it). */
+static void ws_msg_presence(ws_session_t *s, json_t *msg, json_t *id) {
+  const char *topic = json_string_value(json_object_get(msg, "topic"));
+  if (!topic) {
+    ws_bad(s, id, WS_ERR_INVALID, "presence needs a topic string");
+    return;
+  }
+  ws_presence_req_t *req = calloc(1, sizeof *req);
+  if (!req) {
+    ws_reply_error(s, id, 500, "out of memory");
+    return;
+  }
+  req->s = s;
+  req->id = json_incref(id);
+  ws_session_ref(s);
+  int rc = s->host->presence(s->w, s->client, topic, ws_presence_cb, req);
+  if (rc) ws_presence_cb(rc, NULL, req); /* the callback never fires */
+}
+
 /* --- first message: auth ------------------------------------------------ */
 
 /* The client is not connected yet: {"type":"auth","token":...} (or, for any
@@ -471,7 +518,7 @@ void ws_messages_handle(ws_session_t *s, uint8_t opcode, const uint8_t *data,
   } else if (!strcmp(t, "auth")) {
     ws_reply_error(s, id, 400, "already authenticated");
   } else if (!strcmp(t, "presence")) {
-    ws_reply_error(s, id, 501, "not available yet");
+    ws_msg_presence(s, msg, id);
   } else {
     ws_bad(s, id, WS_ERR_UNKNOWN_TYPE, "unknown message type");
   }

@@ -250,10 +250,11 @@ typedef struct mw_host_v1 {
   int (*http_cors)(const mw_http_request_t *req, char *headers, size_t len);
   /* Who is subscribed to `topic` on every node: `cb` gets a JSON object
    * {"topic","clients":N,"users":[...],"connections":[{"client_id",
-   * "user_id"}]} as text (borrowed), or an error (MW_EUNAVAIL, MW_ENOTFOUND
-   * when the storage keeps no presence). Fires exactly once unless this
-   * returns an error. */
-  int (*presence)(mw_worker_t *w, const char *topic,
+   * "user_id"}]} as text (borrowed), or an error. `c` is the asking client
+   * (it must be subscribed to the topic: MW_EDENIED otherwise) or NULL for
+   * the server API. MW_ENOTFOUND when the storage keeps no presence. Fires
+   * exactly once unless this returns an error. */
+  int (*presence)(mw_worker_t *w, mw_client_t *c, const char *topic,
                   void (*cb)(int status, const char *json, void *ud),
                   void *ud);
 
