@@ -21,3 +21,11 @@ endforeach()
 # Many sockets at once: keep them off each other's toes under ctest -j.
 set_tests_properties(integration.test_fanout integration.test_badinput
   PROPERTIES RUN_SERIAL TRUE)
+
+# Presence and WebSocket recovery.
+add_test(NAME integration.test_presence_recovery
+  COMMAND ${MW_PYTHON} -m unittest -v test_presence_recovery
+  WORKING_DIRECTORY ${CMAKE_SOURCE_DIR}/tests/integration)
+set_tests_properties(integration.test_presence_recovery PROPERTIES
+  LABELS integration TIMEOUT 300
+  ENVIRONMENT "MOONWIRE_BIN=$<TARGET_FILE:moonwire>;PYTHONDONTWRITEBYTECODE=1")
