@@ -1,6 +1,7 @@
 /* Core endpoints: see api.h. The server API needs the API key (Bearer or
  * X-API-Key); without a configured key it answers only on loopback. */
 #include "api.h"
+#include "client.h"
 
 #include <jansson.h>
 #include <openssl/crypto.h>
@@ -398,6 +399,59 @@ static void api_presence(mw_http_request_t *req, void *unused) {
     respond_error(req, mw__publish_http_status(rc), mw_strerror(rc));
 }
 
+/* --- POST /api/disconnect {"user_id":...} ------------------------------- */
+
+typedef struct kick_op {
+  _Atomic unsigned pending;
+  _Atomic size_t kicked;
+  char *user_id;
+  mw_worker_t *origin;
+  mw_http_request_t *req;
+} kick_op_t;
+
+static void kick_answer(mw_worker_t *w, void *arg) {
+  kick_op_t *op = arg;
+  char body[64];
+  snprintf(body, sizeof body, "{\"disconnected\":%zu}",
+           (size_t)atomic_load(&op->kicked));
+  mw__http_respond_json(op->req, 200, body);
+  free(op->user_id);
+  free(op);
+}
+
+static void kick_task(mw_worker_t *w, void *arg) {
+  kick_op_t *op = arg;
+  if (w->hub)
+    atomic_fetch_add(&op->kicked,
+                     mw__clients_kick_user(w, op->user_id, "disconnected"));
+  if (atomic_fetch_sub(&op->pending, 1) != 1) return;
+  if (w == op->origin || mw__worker_post(op->origin, kick_answer, op))
+    kick_answer(w, op);
+}
+
+static void api_disconnect(mw_http_request_t *req, void *unused) {
+  if (!api_allowed(req)) return;
+  json_t *root = body_object(req);
+  if (!root) return;
+  json_t *user = json_object_get(root, "user_id");
+  if (!json_is_string(user) || json_string_length(user) == 0) {
+    respond_error(req, 400, "expected {\"user_id\":string}");
+    json_decref(root);
+    return;
+  }
+  mw_server_t *s = mw__server();
+  kick_op_t *op = mw_xcalloc(1, sizeof *op);
+  op->user_id = mw_xstrdup(json_string_value(user));
+  op->origin = mw__http_worker(req);
+  op->req = req;
+  atomic_init(&op->pending, s->nworkers);
+  atomic_init(&op->kicked, 0);
+  json_decref(root);
+  for (unsigned i = 0; i < s->nworkers; i++)
+    if (mw__worker_post(&s->workers[i], kick_task, op))
+      kick_task(&s->workers[i], op);
+}
+
 /* --- GET /healthz, /metrics, / ------------------------------------------ */
 
 static void healthz(mw_http_request_t *req, void *unused) {
@@ -441,6 +495,7 @@ void mw__api_register(mw_server_t *s) {
   mw__server_route(s, "GET", "/api/history", api_history, NULL);
   mw__server_route(s, "GET", "/api/topics", api_topics, NULL);
   mw__server_route(s, "GET", "/api/presence", api_presence, NULL);
+  mw__server_route(s, "POST", "/api/disconnect", api_disconnect, NULL);
   mw__server_route(s, "GET", "/healthz", healthz, NULL);
   mw__server_route(s, "GET", "/metrics", metrics, NULL);
   mw__server_route(s, "GET", "/", index_page, NULL);

@@ -54,7 +54,28 @@ mw_client_t *mw__client_new(mw_worker_t *w, const char *transport,
            (unsigned long long)mw__hub_next_client_number(w->hub));
   c->conn_gauge = mw__hub_gauge(w->hub, c->transport, gauge_for);
   mw__metric_add(c->conn_gauge, 1);
+  mw__list_push(&w->clients, &c->link);
   return c;
+}
+
+void mw__client_set_kick(mw_client_t *c,
+                         void (*kick)(mw_client_t *c, const char *reason,
+                                      void *ud)) {
+  c->kick = kick;
+}
+
+size_t mw__clients_kick_user(mw_worker_t *w, const char *user_id,
+                             const char *reason) {
+  size_t n = 0;
+  for (mw_link_t *l = w->clients.next, *next; l != &w->clients; l = next) {
+    next = l->next;
+    mw_client_t *c = MW_CONTAINER_OF(l, mw_client_t, link);
+    if (c->kick && c->ident.user_id && strcmp(c->ident.user_id, user_id) == 0) {
+      c->kick(c, reason, c->ud);
+      n++;
+    }
+  }
+  return n;
 }
 
 const char *mw__client_id(const mw_client_t *c) {
@@ -213,6 +234,7 @@ void mw__client_disconnect(mw_client_t **cp, const char *reason) {
   *cp = NULL;
   if (!c) return;
   mw__hub_client_detach(c);
+  mw__list_remove(&c->link);
   mw_policy_t *p = mw__worker_policy(c->worker);
   if (c->connected && p) mw__policy_disconnect(p, &c->ident, reason);
   if (c->limits_held)

@@ -20,7 +20,9 @@ struct mw_client {
   char transport[24];
   mw_metric_t *conn_gauge;
   mw_deliver_fn deliver;
+  void (*kick)(mw_client_t *c, const char *reason, void *ud);
   void *ud;
+  mw_link_t link; /* in the worker's list of clients */
   mw_sub_t *subs; /* hub.c */
   size_t nsubs;
   int connected;
@@ -43,6 +45,14 @@ int mw__client_connect(mw_client_t *c, const char *token, int *code);
 const char *mw__client_error(const mw_client_t *c, int *code);
 const char *mw__client_user_id(const mw_client_t *c);
 const char *mw__client_tenant_id(const mw_client_t *c);
+void mw__client_set_kick(mw_client_t *c,
+                         void (*kick)(mw_client_t *c, const char *reason,
+                                      void *ud));
+
+/* Asks the transports to close every local client of `user_id`; returns how
+ * many were asked. Worker thread. */
+size_t mw__clients_kick_user(mw_worker_t *w, const char *user_id,
+                             const char *reason);
 
 /* Records a refusal (code, reason) on the client. */
 void mw__client_set_error(mw_client_t *c, int code, const char *reason);

@@ -109,6 +109,7 @@ static const mw_host_v1_t host_table = {
     .client_position = mw__client_position,
     .http_cors = mw__cors_check,
     .presence = mw__presence_query,
+    .client_set_kick = mw__client_set_kick,
 };
 
 const mw_host_v1_t *mw__host(void) {

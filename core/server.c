@@ -598,6 +598,7 @@ int mw__server_run(mw_config_t *cfg) {
     mw__list_init(&w->conns);
     mw__list_init(&w->dirty);
     mw__list_init(&w->tasks);
+    mw__list_init(&w->clients);
     uv_mutex_init(&w->inbox_lock);
     if (uv_thread_create(&w->thread, worker_main, w)) mw_oom();
     uv_sem_wait(&s->ready);

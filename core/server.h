@@ -38,6 +38,7 @@ struct mw_worker {
   mw_policy_t *policy;    /* this loop's Lua state */
   mw_link_t tasks;        /* mw_task_t to run on this loop, guarded by inbox_lock */
   mw_link_t conns;        /* every open connection of this loop */
+  mw_link_t clients;      /* every mw_client_t of this loop */
   mw_link_t dirty;        /* connections with writes to flush */
   size_t conn_count;
   int draining;

@@ -108,6 +108,44 @@ class Presence(mwtest.ServerTestCase):
         run_async(go(), 15)
 
 
+class Disconnect(mwtest.ServerTestCase):
+    SERVER_FLAGS = ("--workers", "2")
+
+    @classmethod
+    def setUpClass(cls):
+        import os
+        import tempfile
+        d = tempfile.mkdtemp(prefix="mw-policy-")
+        path = os.path.join(d, "policy.lua")
+        with open(path, "w") as f:
+            f.write("function on_connect(req) return {user_id = req.token} end\n")
+        cls.SERVER_FLAGS = ("--workers", "2", "--policy", path)
+        super().setUpClass()
+
+    def test_disconnect_closes_every_connection_of_the_user(self):
+        import websockets
+
+        async def go():
+            port = self.srv.port
+            alice = [await websockets.connect(f"ws://127.0.0.1:{port}/ws?token=alice",
+                                              ping_interval=None) for _ in range(3)]
+            bob = await websockets.connect(f"ws://127.0.0.1:{port}/ws?token=bob",
+                                           ping_interval=None)
+            status, js, r = self.srv.http_json("POST", "/api/disconnect", {"user_id": "alice"})
+            self.assertEqual(status, 200, r)
+            self.assertEqual(js, {"disconnected": 3})
+            for ws in alice:
+                with self.assertRaises(websockets.ConnectionClosed) as cm:
+                    await asyncio.wait_for(ws.recv(), 5)
+                self.assertEqual(cm.exception.code, 4001)
+            await bob.send(json.dumps({"type": "ping", "id": "p"}))
+            self.assertEqual(json.loads(await asyncio.wait_for(bob.recv(), 5))["type"], "pong")
+            await bob.close()
+            status, js, _ = self.srv.http_json("POST", "/api/disconnect", {"user": 1})
+            self.assertEqual(status, 400)
+        run_async(go(), 30)
+
+
 class Recovery(mwtest.ServerTestCase):
     SERVER_FLAGS = ("--workers", "2")
     SERVER_CONFIG = "return { history = { size = 50 } }"

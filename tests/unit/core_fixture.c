@@ -84,6 +84,7 @@ void fixture_init(core_fixture_t *f, const char *const *flags) {
   mw__list_init(&w->conns);
   mw__list_init(&w->dirty);
   mw__list_init(&w->tasks);
+  mw__list_init(&w->clients);
   /* No inbox or task queue in unit tests: posted tasks run at once. */
   assert_int_equal(uv_mutex_init(&w->inbox_lock), 0);
   w->inbox_cap = SIZE_MAX;

@@ -347,6 +347,12 @@ static int h_subscribe_since(mw_client_t *c, const char *topic, uint64_t since,
   return 0;
 }
 
+static void h_client_set_kick(mw_client_t *c,
+                              void (*kick)(mw_client_t *c, const char *reason,
+                                           void *ud)) {
+  c->kick = kick;
+}
+
 static int h_presence(mw_worker_t *w, mw_client_t *c, const char *topic,
                       void (*cb)(int status, const char *json, void *ud),
                       void *ud) {
@@ -510,6 +516,7 @@ void fake_host_init(uv_loop_t *loop) {
   h->client_disconnect = h_client_disconnect;
   h->subscribe_since = h_subscribe_since;
   h->presence = h_presence;
+  h->client_set_kick = h_client_set_kick;
 }
 
 void fake_host_close_all(void) {

@@ -63,6 +63,7 @@ struct mw_conn {
 
 struct mw_client {
   mw_deliver_fn deliver;
+  void (*kick)(mw_client_t *c, const char *reason, void *ud); /* set_kick */
   void *ud;
   char *topics[FAKE_MAX_TOPICS];
   int ntopics;

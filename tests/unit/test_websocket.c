@@ -658,6 +658,15 @@ static void test_presence_ack(void **st) {
   assert_int_equal(fake_calls("presence", "room:1"), 1);
 }
 
+static void test_kick_closes_4001(void **st) {
+  mw_conn_t *c = connect_ws(NULL, NULL);
+  mw_client_t *cl = fake_last_client();
+  assert_non_null(cl->kick);
+  cl->kick(cl, "disconnected", cl->ud);
+  expect_close(c, 4001, "disconnected");
+  assert_true(c->closed);
+}
+
 static void test_presence_501(void **st) {
   mw_conn_t *c = connect_ws(NULL, NULL);
   send_text(c, "{\"type\":\"presence\",\"id\":\"r3\",\"topic\":\"room:1\"}");
@@ -1110,6 +1119,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_subscribe_denied_carries_code_and_reason, setup, teardown),
       cmocka_unit_test_setup_teardown(test_subscribe_since_recovers, setup, teardown),
       cmocka_unit_test_setup_teardown(test_presence_ack, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_kick_closes_4001, setup, teardown),
       cmocka_unit_test_setup_teardown(test_presence_501, setup, teardown),
       cmocka_unit_test_setup_teardown(test_publish, setup, teardown),
       cmocka_unit_test_setup_teardown(test_publish_answer_after_close, setup,

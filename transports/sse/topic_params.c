@@ -192,6 +192,7 @@ char *tp_cursor(const mw_host_v1_t *host, const mw_client_t *client,
   for (size_t i = 0; i < l->n; i++) {
     uint64_t seq;
     const char *epoch;
+    if (l->t[i].refused) continue;
     if (!tp_position(host, client, &l->t[i], &seq, &epoch)) continue;
     json_object_set_new(o, l->t[i].name,
                         json_pack("[Is]", (json_int_t)seq, epoch));

@@ -24,6 +24,7 @@ typedef struct tp_topic {
   uint64_t pin_seq;
   char pin_epoch[TP_EPOCH_LEN];
   int unrecovered;  /* the recovery reported recovered:false or failed */
+  int refused;      /* the subscription was refused: not in cursors */
 } tp_topic_t;
 
 typedef struct tp_list {

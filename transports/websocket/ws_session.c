@@ -397,6 +397,16 @@ static void ws_deliver(mw_client_t *client, mw_event_t *ev, void *ud) {
   s->host->conn_write_event(s->conn, hdr, hlen, ev, wire, NULL, 0);
 }
 
+/* POST /api/disconnect: close 4001 with the reason. */
+static void ws_kick(mw_client_t *client, const char *reason, void *ud) {
+  ws_session_t *s = ud;
+  (void)client;
+  ws_session_ref(s);
+  s->close_reason = "disconnected";
+  ws_session_fail(s, 4001, reason ? reason : "disconnected");
+  ws_session_unref(s);
+}
+
 /* --- open / detach ---------------------------------------------------------
  */
 
@@ -423,6 +433,7 @@ int ws_session_open(ws_worker_t *ws, mw_http_request_t *req, ws_proto_t proto,
     ws_session_unref(s);
     return MW_EUNAVAIL;
   }
+  host->client_set_kick(s->client, ws_kick);
   /* Credentials in the request decide now, before the upgrade; without
    * them, a policy with on_connect waits for the first message. */
   host->client_attach_request(s->client, req);

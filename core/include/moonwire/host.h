@@ -257,8 +257,14 @@ typedef struct mw_host_v1 {
   int (*presence)(mw_worker_t *w, mw_client_t *c, const char *topic,
                   void (*cb)(int status, const char *json, void *ud),
                   void *ud);
+  /* How the core asks the transport to close this client's connection
+   * (POST /api/disconnect): `kick(c, reason, ud)` with the client's ud. The
+   * transport closes asynchronously (WebSocket: close 4001). */
+  void (*client_set_kick)(mw_client_t *c,
+                          void (*kick)(mw_client_t *c, const char *reason,
+                                       void *ud));
 
-  void *reserved[4];
+  void *reserved[3];
 } mw_host_v1_t;
 
 #endif
