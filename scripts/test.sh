@@ -13,6 +13,9 @@ cmake --build build -j"$jobs"
 echo "== tests"
 ctest --test-dir build --output-on-failure -j"$jobs"
 
+echo "== benchmark smoke run (not a test: proves the harness still works)"
+bench/run.sh --smoke
+
 if [ "${MW_SKIP_SANITIZE:-0}" != "1" ]; then
   echo "== build (ASan + UBSan)"
   cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DMW_SANITIZE=ON >/dev/null
