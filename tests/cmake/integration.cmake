@@ -29,3 +29,11 @@ add_test(NAME integration.test_presence_recovery
 set_tests_properties(integration.test_presence_recovery PROPERTIES
   LABELS integration TIMEOUT 300
   ENVIRONMENT "MOONWIRE_BIN=$<TARGET_FILE:moonwire>;PYTHONDONTWRITEBYTECODE=1")
+
+# CORS: origin checks and preflights.
+add_test(NAME integration.test_cors
+  COMMAND ${MW_PYTHON} -m unittest -v test_cors
+  WORKING_DIRECTORY ${CMAKE_SOURCE_DIR}/tests/integration)
+set_tests_properties(integration.test_cors PROPERTIES
+  LABELS integration TIMEOUT 120
+  ENVIRONMENT "MOONWIRE_BIN=$<TARGET_FILE:moonwire>;PYTHONDONTWRITEBYTECODE=1")

@@ -20,7 +20,7 @@ static const char *const ws_error_labels[WS_ERR_COUNT] = {
     "reason=\"malformed\"", "reason=\"invalid\"", "reason=\"unknown_type\"",
     "reason=\"wrong_frame\""};
 static const char *const ws_reject_labels[WS_REJECT_COUNT] = {
-    "code=\"400\"", "code=\"426\"", "code=\"503\""};
+    "code=\"400\"", "code=\"403\"", "code=\"426\"", "code=\"503\""};
 
 static void *ws_xcalloc(size_t n, size_t size) {
   void *p = calloc(n, size);
@@ -119,6 +119,13 @@ static void ws_route(mw_http_request_t *req, void *wstate) {
 
   if (ws->draining) {
     ws_reject(ws, req, 503, WS_REJECT_503, NULL, "server is shutting down");
+    return;
+  }
+  /* Browsers send Origin: only allowed origins may open a WebSocket (the
+   * same CORS rules as SSE and long-poll; other clients send none). */
+  char cors[512];
+  if (host->http_cors(req, cors, sizeof cors) != 0) {
+    ws_reject(ws, req, 403, WS_REJECT_403, NULL, "origin not allowed");
     return;
   }
   const char *upgrade = host->http_header(req, "upgrade");

@@ -52,6 +52,7 @@ typedef enum ws_err_slot {
 /* Handshake rejections of moonwire_ws_handshake_rejected_total. */
 typedef enum ws_reject_slot {
   WS_REJECT_400,
+  WS_REJECT_403,
   WS_REJECT_426,
   WS_REJECT_503,
   WS_REJECT_COUNT
