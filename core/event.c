@@ -128,6 +128,12 @@ int mw__event_parse(const char *json, size_t len, const char *epoch,
   const char *trace = json_string_value(json_object_get(root, "trace_id"));
   json_t *seq = json_object_get(root, "seq");
   json_t *data = json_object_get(root, "data");
+  if (type && !strcmp(type, "presence") && topic && name &&
+      json_is_object(data)) {
+    *out = mw__event_ephemeral("presence", topic, name, json_incref(data));
+    json_decref(root);
+    return 0;
+  }
   if (!type || strcmp(type, "event") || !topic || !name ||
       !json_is_integer(seq) || json_integer_value(seq) < 1 ||
       !json_is_object(data)) {

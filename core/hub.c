@@ -311,6 +311,8 @@ static void sub_remove(mw_sub_t *s) {
   c->nsubs--;
   mw__metric_add(m_subs, -1);
   if (t->nsubs == 0) {
+    const mw_storage_v1_t *st = mw__server() ? mw__storage() : NULL;
+    if (st && st->interest) st->interest(mw__storage_wstate(hub->worker), t->name, 0);
     HASH_DEL(hub->topics, t);
     hub->ntopics--;
     mw__metric_add(m_topics, -1);
@@ -374,6 +376,8 @@ int mw__subscribe(mw_client_t *c, const char *topic) {
     HASH_ADD_KEYPTR(hh, hub->topics, t->name, len, t);
     hub->ntopics++;
     mw__metric_add(m_topics, 1);
+    const mw_storage_v1_t *st = mw__server() ? mw__storage() : NULL;
+    if (st && st->interest) st->interest(mw__storage_wstate(c->worker), t->name, 1);
   }
   mw_sub_t *s = mw_xcalloc(1, sizeof *s);
   s->topic = t;

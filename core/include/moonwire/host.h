@@ -164,7 +164,9 @@ typedef struct mw_host_v1 {
    * wire forms; the event is immutable afterwards. */
   int (*event_seal)(mw_event_t *ev, uint64_t seq, const char *epoch);
   /* For storage plugins: rebuilds a sealed event from its JSON wire form
-   * (e.g. received from another node). *out holds one reference. */
+   * (e.g. received from another node): an event ({"type":"event",...,
+   * "seq":N}) or a presence message ({"type":"presence",...}, seq 0).
+   * *out holds one reference. */
   int (*event_parse)(const char *json, size_t len, const char *epoch,
                      mw_event_t **out);
   /* For storage plugins: delivers a sealed event to this node's subscribers

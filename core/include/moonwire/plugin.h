@@ -94,7 +94,12 @@ typedef struct mw_storage_v1 {
   /* Fans a sealed, unsequenced event (seq 0: presence join/leave) out to
    * every node without storing it (on this node through host->fanout). */
   int (*broadcast)(void *wstate, mw_event_t *ev);
-  void *reserved[4];
+  /* --- ABI 1.3, optional --- */
+  /* Local interest in a topic changed on this worker: `on` 1 when its first
+   * subscriber arrived, 0 when its last one left. A clustered storage
+   * listens only for the topics some worker of this node wants. */
+  void (*interest)(void *wstate, const char *topic, int on);
+  void *reserved[3];
 } mw_storage_v1_t;
 
 /* --- every plugin ------------------------------------------------------ */

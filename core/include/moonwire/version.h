@@ -7,6 +7,6 @@
 /* Plugin ABI: a plugin must have an equal major and a minor not newer than
  * the host's. Minor grows when fields are appended; major on any break. */
 #define MW_ABI_MAJOR 1
-#define MW_ABI_MINOR 2
+#define MW_ABI_MINOR 3
 
 #endif
