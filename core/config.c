@@ -29,7 +29,7 @@ static const known_key_t known[] = {
     {"listen", K_STR, 1, NULL, "127.0.0.1:8080", "ADDR:PORT to listen on"},
     {"workers", K_INT, 1, NULL, "1", "event loops (threads)"},
     {"storage", K_STR, 1, NULL, "memory", "storage plugin: memory|redis"},
-    {"redis", K_STR, 1, "the Redis storage plugin (issue 5)", NULL,
+    {"redis", K_STR, 1, NULL, NULL,
      "redis://host:port[/db] for --storage redis"},
     {"policy", K_STR, 1, NULL, NULL,
      "Lua policy script (default: the built-in scripts/default.lua)"},

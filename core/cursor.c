@@ -21,10 +21,10 @@
 
 #include "codec.h"
 
-#define MW_CURSOR_MAX_LEN 8192   /* characters of the encoded form */
+#define MW_CURSOR_MAX_LEN 8192 /* characters of the encoded form */
 #define MW_CURSOR_MAX_TOPICS 256
-#define MW_CURSOR_MAX_TOPIC 256  /* bytes of a topic name */
-#define MW_CURSOR_MAX_EPOCH 64   /* bytes of an epoch */
+#define MW_CURSOR_MAX_TOPIC 256 /* bytes of a topic name */
+#define MW_CURSOR_MAX_EPOCH 64  /* bytes of an epoch */
 
 static const char b64url[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -128,8 +128,8 @@ json_t *mw_cursor_decode(const char *cursor) {
     int c = b64url_val((unsigned char)cursor[i + 2]);
     int d = b64url_val((unsigned char)cursor[i + 3]);
     if ((a | b | c | d) < 0) goto fail;
-    uint32_t v = (uint32_t)a << 18 | (uint32_t)b << 12 | (uint32_t)c << 6 |
-                 (uint32_t)d;
+    uint32_t v =
+        (uint32_t)a << 18 | (uint32_t)b << 12 | (uint32_t)c << 6 | (uint32_t)d;
     raw[o++] = (unsigned char)(v >> 16);
     raw[o++] = (unsigned char)(v >> 8);
     raw[o++] = (unsigned char)v;

@@ -36,6 +36,12 @@ mw_event_t *mw__event_draft(const char *topic, const char *name,
   e->pub.topic = e->topic;
   e->pub.name = e->name;
   e->pub.trace_id = e->trace_id;
+  /* The data text is known from the start: a storage that builds the stored
+   * envelope itself (Redis, before the seq is known) reads data_json. */
+  e->data_text = json_dumps(e->data, JSON_COMPACT);
+  if (!e->data_text) mw_oom();
+  e->pub.data_json.data = e->data_text;
+  e->pub.data_json.len = strlen(e->data_text);
   return &e->pub;
 }
 
@@ -71,8 +77,6 @@ int mw__event_seal(mw_event_t *ev, uint64_t seq, const char *epoch) {
     msgpack_sbuffer_destroy(&sb);
     return MW_EINVAL;
   }
-  e->data_text = json_dumps(e->data, JSON_COMPACT);
-  if (!e->data_text) mw_oom();
   e->wire_json = text;
   e->wire_msgpack = sb.data; /* msgpack_sbuffer memory is malloc'd */
   e->epoch = mw_xstrdup(epoch ? epoch : "");
@@ -103,8 +107,7 @@ mw_event_t *mw__event_ephemeral(const char *type, const char *topic,
   msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
   int rc = mw_codec_pack_json(&pk, env);
   json_decref(env);
-  e->data_text = json_dumps(e->data, JSON_COMPACT);
-  if (!text || rc || !e->data_text) mw_oom();
+  if (!text || rc) mw_oom();
   e->wire_json = text;
   e->wire_msgpack = sb.data;
   ev->data_json.data = e->data_text;

@@ -606,8 +606,9 @@ static void on_history(int status, mw_event_t *const *events, size_t n,
     /* Every missed event must be in the answer (not cut by `limit`). */
     uint64_t last = n ? events[n - 1]->seq : r->since;
     if (same_epoch && r->since <= top_seq) {
-      s->last_seq = r->since;
       recovered = complete && !r->overflow && last >= top_seq;
+      /* Not recovered: nothing is replayed, go on from the current seq. */
+      s->last_seq = recovered ? r->since : top_seq;
     } else {
       /* Another epoch (history lost) or a position from the future: the
        * client must refetch; it continues from the current position. */

@@ -84,8 +84,9 @@ class BadInvocation(unittest.TestCase):
         path = write_config("function on_connect(req) return {\n")
         self.assertUsageError(run(["--policy", path]), path)
 
-    def test_redis_not_available_yet(self):
-        self.assertUsageError(run(["--redis", "redis://127.0.0.1:6379"]), "not available yet")
+    def test_message_rate_not_available_yet(self):
+        path = write_config("return { limits = { message_rate = 10 } }")
+        self.assertUsageError(run(["--config", path]), "not available yet")
 
     def test_storage_redis_not_available(self):
         self.assertUsageError(run(["--listen", "127.0.0.1:0", "--storage", "redis"]),

@@ -138,6 +138,8 @@ static const char *h_http_header(const mw_http_request_t *r,
 }
 
 static const char *h_http_query(const mw_http_request_t *r, const char *n) {
+  for (int i = 0; i < r->nquery; i++)
+    if (!strcmp(r->qname[i], n)) return r->qvalue[i];
   return NULL;
 }
 static const char *h_http_remote_addr(const mw_http_request_t *r) {
@@ -167,7 +169,10 @@ static void h_http_respond(mw_http_request_t *r, int status, const char *ct,
   r->body_len = len;
 }
 
-static void h_http_on_abort(mw_http_request_t *r, mw_abort_fn fn, void *ud) {}
+static void h_http_on_abort(mw_http_request_t *r, mw_abort_fn fn, void *ud) {
+  r->abort_fn = fn;
+  r->abort_ud = ud;
+}
 
 static void fake_append(mw_conn_t *c, const void *data, size_t len) {
   if (!len) return;
@@ -313,6 +318,10 @@ static int h_client_connect(mw_client_t *c, const char *token, int *code) {
 
 static const char *h_client_error(const mw_client_t *c, int *code) {
   (void)c;
+  if (fake.subscribe_denied) {
+    if (code) *code = fake.subscribe_deny_code;
+    return fake.subscribe_deny_reason;
+  }
   if (code) *code = fake.connect_code;
   return fake.connect_reason ? fake.connect_reason : "";
 }
@@ -342,8 +351,42 @@ static int h_subscribe_since(mw_client_t *c, const char *topic, uint64_t since,
   fake.recover_since = since;
   snprintf(fake.recover_epoch, sizeof fake.recover_epoch, "%s",
            epoch ? epoch : "");
+  /* The position the core keeps: `since` when recovered, else the top. */
+  int i = c->ntopics - 1;
+  c->pos[i] = fake.recover_recovered ? since : fake.position_seq;
+  snprintf(c->pos_epoch[i], sizeof c->pos_epoch[i], "%s",
+           fake.position_epoch ? fake.position_epoch : "");
+  if (fake.recover_status) {
+    cb(fake.recover_status, topic, 0, 0, NULL, ud);
+    return 0;
+  }
   cb(0, topic, fake.recover_recovered, fake.position_seq, fake.position_epoch,
      ud);
+  if (fake.recover_recovered)
+    for (int k = 0; k < fake.recover_nreplay; k++) {
+      c->pos[i] = fake.recover_replay[k]->seq;
+      c->deliver(c, fake.recover_replay[k], c->ud);
+    }
+  return 0;
+}
+
+static uint64_t h_client_position(const mw_client_t *c, const char *topic,
+                                  const char **epoch) {
+  for (int i = 0; i < c->ntopics; i++)
+    if (!strcmp(c->topics[i], topic)) {
+      *epoch = c->pos_epoch[i][0] ? c->pos_epoch[i] : NULL;
+      return c->pos[i];
+    }
+  *epoch = NULL;
+  return 0;
+}
+
+static int h_http_cors(const mw_http_request_t *req, char *headers,
+                       size_t len) {
+  (void)req;
+  headers[0] = 0;
+  if (fake.cors_deny) return MW_EDENIED;
+  snprintf(headers, len, "%s", fake.cors_headers ? fake.cors_headers : "");
   return 0;
 }
 
@@ -372,10 +415,14 @@ static int h_subscribe(mw_client_t *c, const char *topic) {
   fake_record("subscribe", topic);
   if (!*topic || strchr(topic, ' ')) return MW_EINVAL;
   if (fake_client_has(c, topic)) return MW_EEXIST;
-  if (fake.subscribe_deny && !strcmp(topic, fake.subscribe_deny))
+  if (fake.subscribe_deny && !strcmp(topic, fake.subscribe_deny)) {
+    if (fake.subscribe_deny_reason) fake.subscribe_denied = 1;
     return MW_EDENIED;
+  }
   if (c->ntopics >= fake.max_topics || c->ntopics >= FAKE_MAX_TOPICS)
     return MW_ELIMIT;
+  c->pos[c->ntopics] = 0;
+  c->pos_epoch[c->ntopics][0] = 0;
   c->topics[c->ntopics++] = fake_strndup(topic, strlen(topic));
   return 0;
 }
@@ -386,6 +433,8 @@ static int h_unsubscribe(mw_client_t *c, const char *topic) {
     if (!strcmp(c->topics[i], topic)) {
       free(c->topics[i]);
       c->topics[i] = c->topics[--c->ntopics];
+      c->pos[i] = c->pos[c->ntopics];
+      memcpy(c->pos_epoch[i], c->pos_epoch[c->ntopics], sizeof c->pos_epoch[i]);
       return 0;
     }
   return MW_ENOTFOUND;
@@ -517,6 +566,8 @@ void fake_host_init(uv_loop_t *loop) {
   h->subscribe_since = h_subscribe_since;
   h->presence = h_presence;
   h->client_set_kick = h_client_set_kick;
+  h->client_position = h_client_position;
+  h->http_cors = h_http_cors;
 }
 
 void fake_host_close_all(void) {
@@ -590,6 +641,19 @@ int fake_route_call(const char *method, const char *path,
   return -1;
 }
 
+void fake_request_query(mw_http_request_t *req, const char *name,
+                        const char *value) {
+  if (req->nquery == FAKE_MAX_HEADERS) abort();
+  req->qname[req->nquery] = name;
+  req->qvalue[req->nquery++] = value;
+}
+
+void fake_request_abort(mw_http_request_t *req) {
+  if (req->aborted || req->responded) return;
+  req->aborted = 1;
+  if (req->abort_fn) req->abort_fn(req, req->abort_ud);
+}
+
 void fake_conn_feed(mw_conn_t *c, const void *data, size_t len) {
   if (c->close_fired) return;
   c->h.on_data(c->ud, data, len);
@@ -605,6 +669,12 @@ int fake_hub_deliver(const char *topic, mw_event_t *ev) {
   int n = 0;
   for (mw_client_t *c = fake_clients; c; c = c->next)
     if (fake_client_has(c, topic)) {
+      for (int i = 0; i < c->ntopics; i++) /* the core's position first */
+        if (!strcmp(c->topics[i], topic)) {
+          c->pos[i] = ev->seq;
+          snprintf(c->pos_epoch[i], sizeof c->pos_epoch[i], "%s",
+                   ev->epoch ? ev->epoch : "");
+        }
       c->deliver(c, ev, c->ud);
       n++;
     }

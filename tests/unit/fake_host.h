@@ -44,6 +44,13 @@ struct mw_http_request {
   char *content_type, *extra_headers, *body;
   size_t body_len;
   struct mw_conn *taken;
+  /* query parameters (fake_request_query) */
+  const char *qname[FAKE_MAX_HEADERS], *qvalue[FAKE_MAX_HEADERS];
+  int nquery;
+  /* http_on_abort */
+  mw_abort_fn abort_fn;
+  void *abort_ud;
+  int aborted;
 };
 
 struct mw_conn {
@@ -68,6 +75,9 @@ struct mw_client {
   char *topics[FAKE_MAX_TOPICS];
   int ntopics;
   struct mw_client *next;
+  /* client_position: per topic (same index as topics[]) */
+  uint64_t pos[FAKE_MAX_TOPICS];
+  char pos_epoch[FAKE_MAX_TOPICS][40];
 };
 
 typedef struct fake_call {
@@ -119,6 +129,15 @@ typedef struct fake_state {
   uint64_t recover_since;     /* ... and records the since it was given */
   char recover_epoch[40];
   char disconnect_reason[64]; /* what client_disconnect was told */
+  /* ABI 1.2 additions */
+  int cors_deny;            /* http_cors answers MW_EDENIED */
+  const char *cors_headers; /* ... otherwise copies these (NULL: "") */
+  int subscribe_deny_code;  /* with subscribe_deny_reason: what */
+  const char *subscribe_deny_reason; /* client_error tells after a deny */
+  int subscribe_denied;     /* the last refusal was a subscribe deny */
+  int recover_status;       /* subscribe_since's callback status (0) */
+  mw_event_t **recover_replay; /* delivered after the callback, like the */
+  int recover_nreplay;         /* core's history replay (when recovered) */
 } fake_state_t;
 
 extern fake_state_t fake;
@@ -143,6 +162,13 @@ mw_http_request_t *fake_request_new(const char *method, const char *path,
 /* Calls the route registered for METHOD PATH; 0, or -1 if none. */
 int fake_route_call(const char *method, const char *path,
                     mw_http_request_t *req, void *worker_state);
+
+/* Adds a query parameter to a request (strings are borrowed). */
+void fake_request_query(mw_http_request_t *req, const char *name,
+                        const char *value);
+/* The peer left: calls the request's abort callback (if any) and marks the
+ * request aborted, as the core does. */
+void fake_request_abort(mw_http_request_t *req);
 
 /* Hands `len` bytes to the connection's on_data. */
 void fake_conn_feed(mw_conn_t *c, const void *data, size_t len);

@@ -78,10 +78,13 @@ static void test_bad_flags_exit_2(void **state) {
 static void test_not_available_yet(void **state) {
   mw_config_t cfg;
   char err[256];
-  const char *args[] = {"--redis", "redis://127.0.0.1:6379", NULL};
+  char *path = write_file("return { limits = { message_rate = 10 } }");
+  const char *args[] = {"--config", path, NULL};
   assert_int_equal(load(&cfg, err, args), MW_CONFIG_EXIT_USAGE);
   assert_non_null(strstr(err, "not available yet"));
   mw__config_free(&cfg);
+  unlink(path);
+  free(path);
 }
 
 static void test_file_and_precedence(void **state) {

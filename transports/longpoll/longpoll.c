@@ -11,9 +11,10 @@
  * burst land in the same answer), at once when a topic cannot be recovered
  * (with "recovered":false,"unrecovered":[topics]), or after `timeout`
  * seconds with none. The events are the shared JSON wire bytes joined by
- * commas, never re-encoded. At most LP_MAX_EVENTS events (and about
- * limits.outbound_queue bytes) go into one answer; the cursor then points
- * right after the last one included, so the next poll continues there.
+ * commas, never re-encoded. At most limits.poll_max_events (1000) events
+ * (and about limits.outbound_queue bytes) go into one answer; the cursor
+ * then points right after the last one included, so the next poll
+ * continues there.
  *
  * A poll is reference-counted: the request holds one (dropped when it is
  * answered or aborted), the timer one (dropped in its close callback),
@@ -29,10 +30,11 @@
 #define LP_SUBSYS "longpoll"
 #define LP_DEFAULT_TIMEOUT 25 /* seconds */
 #define LP_MAX_TIMEOUT 120
-#define LP_MAX_EVENTS 1000
+#define LP_DEFAULT_MAX_EVENTS 1000 /* limits.poll_max_events */
 #define LP_DEFAULT_MAX_BYTES (4 << 20)
 #define LP_COALESCE_MS 2
 #define LP_CORS_LEN 512
+#define LP_LIT(s) s, sizeof(s) - 1 /* a literal and its length */
 
 typedef enum lp_reject {
   LP_REJ_BAD_REQUEST,
@@ -49,7 +51,8 @@ static const char *const lp_reject_labels[LP_REJ_COUNT] = {
 
 typedef struct lp_plugin {
   const mw_host_v1_t *host;
-  size_t max_bytes; /* body bytes of events in one answer (soft) */
+  size_t max_events;      /* events in one answer */
+  size_t max_bytes;       /* body bytes of events in one answer (soft) */
   mw_metric_t *m_waiting; /* gauge */
   mw_metric_t *m_responses;
   mw_metric_t *m_events;
@@ -89,8 +92,10 @@ struct lp_poll {
   unsigned done : 1;
   unsigned in_list : 1;
   unsigned timer_init : 1;
-  unsigned soon : 1; /* the answer is due after the coalescing pause */
-  unsigned full : 1; /* the cap is reached: later events are left out */
+  unsigned soon : 1;   /* the answer is due after the coalescing pause */
+  unsigned full : 1;   /* the cap is reached: later events are left out */
+  unsigned kicked : 1; /* POST /api/disconnect: answer now, say so */
+  char kick_reason[128];
 };
 
 static void *lp_xcalloc(size_t n, size_t size) {
@@ -147,7 +152,7 @@ static void lp_finish(lp_poll_t *poll) {
   lp_unref(poll); /* the request's */
 }
 
-/* --- answering ---------------------------------------------------------------- */
+/* --- answering ------------------------------------------------------------ */
 
 static int lp_append(char **buf, size_t *len, size_t *cap, const char *s,
                      size_t n) {
@@ -171,16 +176,17 @@ static int lp_append(char **buf, size_t *len, size_t *cap, const char *s,
 static char *lp_body(lp_poll_t *poll, size_t *out_len) {
   char *buf = NULL;
   size_t len = 0, cap = 0;
-  int rc = lp_append(&buf, &len, &cap, "{\"events\":[", 11);
+  int rc = lp_append(&buf, &len, &cap, LP_LIT("{\"events\":["));
   for (size_t i = 0; i < poll->nevs && rc == 0; i++) {
     const mw_bytes_t *w = &poll->evs[i]->wire[MW_WIRE_JSON];
-    if (i) rc = lp_append(&buf, &len, &cap, ",", 1);
+    if (i) rc = lp_append(&buf, &len, &cap, LP_LIT(","));
     if (rc == 0) rc = lp_append(&buf, &len, &cap, w->data, w->len);
   }
   char *cursor = tp_cursor(poll->host, poll->client, &poll->topics);
-  if (rc == 0) rc = lp_append(&buf, &len, &cap, "],\"cursor\":\"", 12);
-  if (rc == 0 && cursor) rc = lp_append(&buf, &len, &cap, cursor, strlen(cursor));
-  if (rc == 0) rc = lp_append(&buf, &len, &cap, "\"", 1);
+  if (rc == 0) rc = lp_append(&buf, &len, &cap, LP_LIT("],\"cursor\":\""));
+  if (rc == 0 && cursor)
+    rc = lp_append(&buf, &len, &cap, cursor, strlen(cursor));
+  if (rc == 0) rc = lp_append(&buf, &len, &cap, LP_LIT("\""));
   free(cursor);
   json_t *unrec = json_array();
   for (size_t i = 0; i < poll->topics.n && unrec; i++)
@@ -188,13 +194,24 @@ static char *lp_body(lp_poll_t *poll, size_t *out_len) {
       json_array_append_new(unrec, json_string(poll->topics.t[i].name));
   if (rc == 0 && json_array_size(unrec)) {
     char *list = json_dumps(unrec, JSON_COMPACT);
-    rc = lp_append(&buf, &len, &cap, ",\"recovered\":false,\"unrecovered\":",
-                   33);
+    rc = lp_append(&buf, &len, &cap,
+                   LP_LIT(",\"recovered\":false,\"unrecovered\":"));
     if (rc == 0 && list) rc = lp_append(&buf, &len, &cap, list, strlen(list));
     free(list);
   }
   json_decref(unrec);
-  if (rc == 0) rc = lp_append(&buf, &len, &cap, "}", 1);
+  if (rc == 0 && poll->kicked) {
+    json_t *r = json_string(poll->kick_reason);
+    char *text = r ? json_dumps(r, JSON_ENCODE_ANY) : NULL;
+    json_decref(r);
+    rc = lp_append(&buf, &len, &cap,
+                   LP_LIT(",\"disconnected\":true,\"reason\":"));
+    if (rc == 0)
+      rc = text ? lp_append(&buf, &len, &cap, text, strlen(text))
+                : lp_append(&buf, &len, &cap, LP_LIT("\"\""));
+    free(text);
+  }
+  if (rc == 0) rc = lp_append(&buf, &len, &cap, LP_LIT("}"));
   if (rc) {
     free(buf);
     return NULL;
@@ -203,8 +220,7 @@ static char *lp_body(lp_poll_t *poll, size_t *out_len) {
   return buf;
 }
 
-static void lp_headers(const lp_poll_t *poll, char *out, size_t len,
-                       int auth) {
+static void lp_headers(const lp_poll_t *poll, char *out, size_t len, int auth) {
   snprintf(out, len, "Cache-Control: no-store\r\n%s%s",
            auth ? "WWW-Authenticate: Bearer\r\n" : "", poll->cors);
 }
@@ -235,8 +251,8 @@ static void lp_refuse(lp_poll_t *poll, const char *topic, int code,
   const mw_host_v1_t *host = poll->host;
   char extra[LP_CORS_LEN + 64];
   lp_headers(poll, extra, sizeof extra, code == 401);
-  json_t *o = json_pack("{s:s,s:s}", "error", reason ? reason : "", "topic",
-                        topic);
+  json_t *o =
+      json_pack("{s:s,s:s}", "error", reason ? reason : "", "topic", topic);
   char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
   json_decref(o);
   host->metric_add(poll->p->m_rejected[LP_REJ_SUBSCRIBE], 1);
@@ -261,7 +277,7 @@ static void lp_soon(lp_poll_t *poll, int now) {
   poll->soon = 1;
 }
 
-/* --- hub callbacks ---------------------------------------------------------- */
+/* --- hub callbacks -------------------------------------------------------- */
 
 static void lp_deliver(mw_client_t *client, mw_event_t *ev, void *ud) {
   lp_poll_t *poll = ud;
@@ -271,15 +287,16 @@ static void lp_deliver(mw_client_t *client, mw_event_t *ev, void *ud) {
   tp_topic_t *t = &poll->topics.t[ti];
   if (t->pinned) return; /* an earlier event of this topic was left out */
   size_t len = ev->wire[MW_WIRE_JSON].len;
-  if (poll->full || poll->nevs == LP_MAX_EVENTS ||
+  if (poll->full || poll->nevs >= poll->p->max_events ||
       (poll->nevs && poll->bytes + len > poll->p->max_bytes)) {
-    /* Left out: the cursor stops right before it for this topic. */
     poll->full = 1;
+    lp_soon(poll, 1);
+    if (!ev->seq) return; /* presence (no position): just dropped */
+    /* Left out: the cursor stops right before it for this topic. */
     t->pinned = 1;
     t->pin_seq = ev->seq ? ev->seq - 1 : 0;
     snprintf(t->pin_epoch, sizeof t->pin_epoch, "%s",
              ev->epoch ? ev->epoch : "");
-    lp_soon(poll, 1);
     return;
   }
   if (poll->nevs == poll->capevs) {
@@ -315,6 +332,18 @@ static void lp_position_cb(int status, uint64_t seq, const char *epoch,
   lp_unref(poll);
 }
 
+/* POST /api/disconnect: the poll is answered at once (outside the core's
+ * walk over its clients) with "disconnected":true and the reason. */
+static void lp_kick(mw_client_t *client, const char *reason, void *ud) {
+  lp_poll_t *poll = ud;
+  (void)client;
+  if (poll->done || poll->kicked) return;
+  poll->kicked = 1;
+  snprintf(poll->kick_reason, sizeof poll->kick_reason, "%s",
+           reason ? reason : "disconnected");
+  lp_soon(poll, 1);
+}
+
 /* The client left while the poll waited: the request is invalid after. */
 static void lp_abort(mw_http_request_t *req, void *ud) {
   lp_poll_t *poll = ud;
@@ -323,7 +352,7 @@ static void lp_abort(mw_http_request_t *req, void *ud) {
   lp_finish(poll);
 }
 
-/* --- the route ---------------------------------------------------------------- */
+/* --- the route ------------------------------------------------------------ */
 
 static void lp_reject(lp_plugin_t *p, mw_http_request_t *req, int status,
                       lp_reject_t why, const char *extra, const char *reason) {
@@ -443,6 +472,7 @@ static void lp_route(mw_http_request_t *req, void *wstate) {
               "cannot accept connection");
     return;
   }
+  host->client_set_kick(poll->client, lp_kick);
   host->client_attach_request(poll->client, req);
   int code = 401;
   if (host->client_connect(poll->client, NULL, &code) != 0) {
@@ -483,7 +513,7 @@ static void lp_route(mw_http_request_t *req, void *wstate) {
     int unrecovered = 0;
     for (size_t i = 0; i < poll->topics.n; i++)
       unrecovered |= poll->topics.t[i].unrecovered;
-    if (poll->full)
+    if (poll->full || poll->kicked)
       lp_soon(poll, 1);
     else if (poll->nevs || unrecovered)
       lp_soon(poll, 0);
@@ -493,7 +523,7 @@ static void lp_route(mw_http_request_t *req, void *wstate) {
   lp_unref(poll);
 }
 
-/* --- lifecycle ------------------------------------------------------------------ */
+/* --- lifecycle ------------------------------------------------------------ */
 
 static int lp_init(const mw_host_v1_t *host, mw_plugin_handle_t *self,
                    void **state) {
@@ -501,19 +531,21 @@ static int lp_init(const mw_host_v1_t *host, mw_plugin_handle_t *self,
   p->host = host;
   int64_t mb = host->config_int("limits.outbound_queue", LP_DEFAULT_MAX_BYTES);
   p->max_bytes = mb > 0 ? (size_t)mb : LP_DEFAULT_MAX_BYTES;
+  int64_t me =
+      host->config_int("limits.poll_max_events", LP_DEFAULT_MAX_EVENTS);
+  p->max_events = me > 0 ? (size_t)me : LP_DEFAULT_MAX_EVENTS;
   p->m_waiting = host->metric(MW_METRIC_GAUGE, "moonwire_longpoll_waiting",
                               "Long-poll requests waiting for events", NULL);
-  p->m_responses = host->metric(MW_METRIC_COUNTER,
-                                "moonwire_longpoll_responses_total",
-                                "Long-poll requests answered with 200", NULL);
-  p->m_events = host->metric(MW_METRIC_COUNTER,
-                             "moonwire_longpoll_events_total",
-                             "Events answered to long-poll requests", NULL);
+  p->m_responses =
+      host->metric(MW_METRIC_COUNTER, "moonwire_longpoll_responses_total",
+                   "Long-poll requests answered with 200", NULL);
+  p->m_events =
+      host->metric(MW_METRIC_COUNTER, "moonwire_longpoll_events_total",
+                   "Events answered to long-poll requests", NULL);
   for (int i = 0; i < LP_REJ_COUNT; i++)
-    p->m_rejected[i] = host->metric(MW_METRIC_COUNTER,
-                                    "moonwire_longpoll_rejected_total",
-                                    "Long-poll requests refused, by reason",
-                                    lp_reject_labels[i]);
+    p->m_rejected[i] = host->metric(
+        MW_METRIC_COUNTER, "moonwire_longpoll_rejected_total",
+        "Long-poll requests refused, by reason", lp_reject_labels[i]);
   int rc = host->http_route(self, "GET", "/poll", lp_route);
   if (rc != 0) {
     host->log(MW_LOG_ERROR, LP_SUBSYS, "cannot register GET /poll: %s",

@@ -28,8 +28,9 @@
 #include "topic_params.h"
 
 #define SSE_SUBSYS "sse"
-#define SSE_DEFAULT_HEARTBEAT 15  /* seconds */
-#define SSE_MAX_INPUT (64 * 1024) /* bytes a client may send after the request */
+#define SSE_DEFAULT_HEARTBEAT 15 /* seconds */
+#define SSE_MAX_INPUT                                                          \
+  (64 * 1024) /* bytes a client may send after the request */
 #define SSE_CORS_LEN 512
 
 typedef enum sse_reject {
@@ -46,7 +47,7 @@ static const char *const sse_reject_labels[SSE_REJ_COUNT] = {
 
 typedef struct sse_plugin {
   const mw_host_v1_t *host;
-  uint64_t heartbeat_ms; /* 0: none */
+  uint64_t heartbeat_ms;  /* 0: none */
   mw_metric_t *m_streams; /* gauge */
   mw_metric_t *m_events;
   mw_metric_t *m_slow;
@@ -144,7 +145,7 @@ static void sse_close(sse_stream_t *s, const char *reason) {
   s->host->conn_close(s->conn); /* on_close follows */
 }
 
-/* --- writing ---------------------------------------------------------------- */
+/* --- writing -------------------------------------------------------------- */
 
 /* Writes "id: <cursor>\n" (plus "\n" when `alone`, an id-only block).
  * 0, or the conn_write error (MW_ELIMIT: on_overflow ran). A cursor that
@@ -175,12 +176,12 @@ static int sse_write_named(sse_stream_t *s, const char *name, json_t *json) {
   json_decref(json);
   if (!text) return MW_ENOMEM;
   size_t nl = strlen(name), tl = strlen(text);
-  char *buf = malloc(nl + tl + 16);
+  char *buf = malloc(nl + tl + 20);
   if (!buf) {
     free(text);
     return MW_ENOMEM;
   }
-  int n = snprintf(buf, nl + tl + 16, "event: %s\ndata: %s\n\n", name, text);
+  int n = snprintf(buf, nl + tl + 20, "event: %s\ndata: %s\n\n", name, text);
   int rc = s->host->conn_write(s->conn, buf, (size_t)n, 0);
   free(buf);
   free(text);
@@ -197,7 +198,7 @@ static void sse_write_refusal(sse_stream_t *s, const char *topic, int code,
                             "reason", reason ? reason : ""));
 }
 
-/* --- hub callbacks ---------------------------------------------------------- */
+/* --- hub callbacks -------------------------------------------------------- */
 
 static void sse_deliver(mw_client_t *client, mw_event_t *ev, void *ud) {
   sse_stream_t *s = ud;
@@ -224,10 +225,24 @@ static void sse_recover_cb(int status, const char *topic, int recovered,
     if (msg && status != 0)
       json_object_set_new(msg, "reason",
                           json_string(s->host->strerror(status)));
-    if (sse_write_id(s, 0) == 0) sse_write_named(s, "moonwire", msg);
-    else json_decref(msg);
+    if (sse_write_id(s, 0) == 0)
+      sse_write_named(s, "moonwire", msg);
+    else
+      json_decref(msg);
   }
   sse_unref(s);
+}
+
+/* POST /api/disconnect: tells the client why ("type":"disconnect", so a
+ * client library stops reconnecting) and ends the stream. */
+static void sse_kick(mw_client_t *client, const char *reason, void *ud) {
+  sse_stream_t *s = ud;
+  (void)client;
+  if (!sse_writable(s)) return;
+  sse_write_named(s, "moonwire",
+                  json_pack("{s:s,s:s}", "type", "disconnect", "reason",
+                            reason ? reason : "disconnected"));
+  sse_close(s, "disconnected");
 }
 
 /* topic_position answered for a topic subscribed live: its base position. */
@@ -242,7 +257,7 @@ static void sse_position_cb(int status, uint64_t seq, const char *epoch,
   sse_unref(s);
 }
 
-/* --- stream handler ----------------------------------------------------------- */
+/* --- stream handler ------------------------------------------------------- */
 
 static void sse_on_data(void *ud, const char *data, size_t len) {
   sse_stream_t *s = ud;
@@ -280,7 +295,7 @@ static const mw_stream_handler_t sse_handler = {
     .on_close = sse_on_close,
 };
 
-/* --- the route ---------------------------------------------------------------- */
+/* --- the route ------------------------------------------------------------ */
 
 static void sse_reject(sse_plugin_t *p, mw_http_request_t *req, int status,
                        sse_reject_t why, const char *extra,
@@ -388,6 +403,7 @@ static void sse_route(mw_http_request_t *req, void *wstate) {
                "cannot accept connection");
     return;
   }
+  host->client_set_kick(s->client, sse_kick);
   host->client_attach_request(s->client, req);
   int code = 401;
   if (host->client_connect(s->client, NULL, &code) != 0) {
@@ -419,7 +435,7 @@ static void sse_route(mw_http_request_t *req, void *wstate) {
     if (!s->closed) {
       s->closed = 1;
       host->client_disconnect(&s->client, "closed");
-      sse_unref(s);
+      s->refs--; /* the connection's; the guard still holds it */
     }
     sse_unref(s);
     return;
@@ -438,7 +454,7 @@ static void sse_route(mw_http_request_t *req, void *wstate) {
   sse_unref(s);
 }
 
-/* --- lifecycle ------------------------------------------------------------------ */
+/* --- lifecycle ------------------------------------------------------------ */
 
 static void sse_heartbeat_cb(uv_timer_t *t) {
   sse_worker_t *sw = t->data;
@@ -456,16 +472,15 @@ static int sse_init(const mw_host_v1_t *host, mw_plugin_handle_t *self,
                               "Open Server-Sent Events streams", NULL);
   p->m_events = host->metric(MW_METRIC_COUNTER, "moonwire_sse_events_total",
                              "Events written to SSE streams", NULL);
-  p->m_slow = host->metric(MW_METRIC_COUNTER,
-                           "moonwire_sse_slow_consumer_closes_total",
-                           "SSE streams closed because their outbound queue "
-                           "passed its cap",
-                           NULL);
+  p->m_slow =
+      host->metric(MW_METRIC_COUNTER, "moonwire_sse_slow_consumer_closes_total",
+                   "SSE streams closed because their outbound queue "
+                   "passed its cap",
+                   NULL);
   for (int i = 0; i < SSE_REJ_COUNT; i++)
-    p->m_rejected[i] = host->metric(MW_METRIC_COUNTER,
-                                    "moonwire_sse_rejected_total",
-                                    "SSE requests refused, by reason",
-                                    sse_reject_labels[i]);
+    p->m_rejected[i] =
+        host->metric(MW_METRIC_COUNTER, "moonwire_sse_rejected_total",
+                     "SSE requests refused, by reason", sse_reject_labels[i]);
   int rc = host->http_route(self, "GET", "/sse", sse_route);
   if (rc != 0) {
     host->log(MW_LOG_ERROR, SSE_SUBSYS, "cannot register GET /sse: %s",

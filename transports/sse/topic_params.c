@@ -51,8 +51,8 @@ static void tp_err(char *err, size_t len, const char *msg) {
   snprintf(err, len, "%s", msg);
 }
 
-int tp_parse(const char *topics, const char *cursor, tp_list_t *out,
-             char *err, size_t err_len) {
+int tp_parse(const char *topics, const char *cursor, tp_list_t *out, char *err,
+             size_t err_len) {
   json_t *pos = NULL;
   out->t = NULL;
   out->n = 0;
@@ -98,7 +98,8 @@ int tp_parse(const char *topics, const char *cursor, tp_list_t *out,
       }
       int known = 0;
       for (size_t i = 0; i < out->n && !known; i++)
-        known = strlen(out->t[i].name) == len && !memcmp(out->t[i].name, p, len);
+        known =
+            strlen(out->t[i].name) == len && !memcmp(out->t[i].name, p, len);
       if (!known && out->n == TP_MAX_TOPICS) {
         tp_err(err, err_len, "too many topics (at most 256)");
         goto fail;
@@ -113,6 +114,10 @@ int tp_parse(const char *topics, const char *cursor, tp_list_t *out,
     json_object_foreach(pos, k, v) { /* at most 256: the decoder checked */
       if (tp_add(out, k, strlen(k))) goto oom;
     }
+  }
+  if (out->n == 0) {
+    tp_err(err, err_len, "missing topics");
+    goto fail;
   }
   if (pos) {
     for (size_t i = 0; i < out->n; i++) {

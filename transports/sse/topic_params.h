@@ -16,15 +16,15 @@
 /* One requested topic and what is known of its position. */
 typedef struct tp_topic {
   char *name;
-  int from_cursor;  /* the request's cursor gave a position: recover */
-  int has_base;     /* base_* holds a position */
+  int from_cursor; /* the request's cursor gave a position: recover */
+  int has_base;    /* base_* holds a position */
   uint64_t base_seq;
   char base_epoch[TP_EPOCH_LEN];
-  int pinned;       /* long-poll cap: the cursor says exactly pin_* */
+  int pinned; /* long-poll cap: the cursor says exactly pin_* */
   uint64_t pin_seq;
   char pin_epoch[TP_EPOCH_LEN];
-  int unrecovered;  /* the recovery reported recovered:false or failed */
-  int refused;      /* the subscription was refused: not in cursors */
+  int unrecovered; /* the recovery reported recovered:false or failed */
+  int refused;     /* the subscription was refused: not in cursors */
 } tp_topic_t;
 
 typedef struct tp_list {
@@ -37,8 +37,8 @@ typedef struct tp_list {
  * order given, with its position when the cursor names it. Without
  * `topics`, the cursor's topics are the list. Returns 0, or -1 with a short
  * reason in `err` (the caller answers 400); `out` is empty then. */
-int tp_parse(const char *topics, const char *cursor, tp_list_t *out,
-             char *err, size_t err_len);
+int tp_parse(const char *topics, const char *cursor, tp_list_t *out, char *err,
+             size_t err_len);
 
 /* Frees the list's topics. */
 void tp_free(tp_list_t *l);
