@@ -37,3 +37,13 @@ add_test(NAME integration.test_cors
 set_tests_properties(integration.test_cors PROPERTIES
   LABELS integration TIMEOUT 120
   ENVIRONMENT "MOONWIRE_BIN=$<TARGET_FILE:moonwire>;PYTHONDONTWRITEBYTECODE=1")
+
+# The policy on SSE and long-poll.
+if(TARGET sse AND TARGET longpoll)
+  add_test(NAME integration.test_transports_policy
+    COMMAND ${MW_PYTHON} -m unittest -v test_transports_policy
+    WORKING_DIRECTORY ${CMAKE_SOURCE_DIR}/tests/integration)
+  set_tests_properties(integration.test_transports_policy PROPERTIES
+    LABELS "integration;lua" TIMEOUT 120
+    ENVIRONMENT "MOONWIRE_BIN=$<TARGET_FILE:moonwire>;PYTHONDONTWRITEBYTECODE=1")
+endif()
