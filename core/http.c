@@ -191,9 +191,21 @@ static int on_headers_complete(llhttp_t *p) {
     return limit_error(st, 413);
   r->upgrade = p->upgrade;
   r->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade;
-  const char *q = r->url ? memchr(r->url, '?', r->url_len) : NULL;
-  r->path = r->url ? mw_xstrndup(r->url, q ? (size_t)(q - r->url) : r->url_len)
-                   : mw_xstrdup("/");
+  /* The path: origin-form "/p?q", or absolute-form "http://host/p?q". */
+  const char *u = r->url ? r->url : "/";
+  size_t ul = r->url ? r->url_len : 1;
+  if (ul > 7 && (strncasecmp(u, "http://", 7) == 0 ||
+                 (ul > 8 && strncasecmp(u, "https://", 8) == 0))) {
+    const char *auth = u + (u[4] == ':' ? 7 : 8);
+    const char *slash = memchr(auth, '/', ul - (size_t)(auth - u));
+    const char *qm = memchr(auth, '?', ul - (size_t)(auth - u));
+    const char *start = slash && (!qm || slash < qm) ? slash : NULL;
+    ul -= start ? (size_t)(start - u) : ul;
+    u = start ? start : "/";
+    if (!start) ul = 1;
+  }
+  const char *q = memchr(u, '?', ul);
+  r->path = mw_xstrndup(u, q ? (size_t)(q - u) : ul);
   return 0;
 }
 
@@ -275,9 +287,11 @@ void mw__http_on_close(mw_conn_t *c) {
   free(st);
 }
 
+/* Writes status line, headers and body; `head_only` (a HEAD request) keeps
+ * the Content-Length of the body but does not send it. */
 static void write_response(mw_conn_t *c, int status, const char *ctype,
                            const char *extra, const char *body, size_t len,
-                           int keep_alive) {
+                           int keep_alive, int head_only) {
   char head[1024];
   int n = snprintf(head, sizeof head,
                    "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: "
@@ -290,13 +304,13 @@ static void write_response(mw_conn_t *c, int status, const char *ctype,
     return;
   }
   mw__conn_write(c, head, (size_t)n, 1);
-  if (len) mw__conn_write(c, body, len, 1);
+  if (len && !head_only) mw__conn_write(c, body, len, 1);
 }
 
 void mw__http_reject(mw_conn_t *c, int status, const char *reason) {
   char body[256];
   int n = snprintf(body, sizeof body, "{\"error\":\"%s\"}", reason);
-  write_response(c, status, "application/json", NULL, body, (size_t)n, 0);
+  write_response(c, status, "application/json", NULL, body, (size_t)n, 0, 0);
   mw__conn_close(c);
 }
 
@@ -422,7 +436,8 @@ void mw__http_respond(mw_http_request_t *r, int status,
   }
   mw_http_state_t *st = c->http;
   int keep = r->keep_alive && !c->worker->draining;
-  write_response(c, status, content_type, extra_headers, body, len, keep);
+  write_response(c, status, content_type, extra_headers, body, len, keep,
+                 strcmp(r->method, "HEAD") == 0);
   st->active = NULL;
   request_free(r);
   if (!keep) {

@@ -72,8 +72,12 @@ const mw_route_t *mw__server_find_route(const char *method, const char *path,
     if (strcmp(s->routes[i].path, path)) continue;
     *path_known = 1;
     if (!strcmp(s->routes[i].method, method)) return &s->routes[i];
-    /* HEAD is answered like GET would be only by handlers that care. */
   }
+  /* HEAD: the GET route answers; http.c leaves the body out. */
+  if (*path_known && !strcmp(method, "HEAD"))
+    for (size_t i = 0; i < s->nroutes; i++)
+      if (!strcmp(s->routes[i].path, path) && !strcmp(s->routes[i].method, "GET"))
+        return &s->routes[i];
   return NULL;
 }
 

@@ -243,6 +243,21 @@ static void test_take_hands_over_following_bytes(void **state) {
   assert_int_equal(taken_closed, 1);
 }
 
+static void test_head_and_absolute_form(void **state) {
+  mw_conn_t *c = fixture_conn(*state);
+  feed(c, "HEAD /echo?q=abc HTTP/1.1\r\nHost: t\r\n\r\n"
+          "GET http://t:8080/echo?q=abs HTTP/1.1\r\nHost: t\r\n\r\n");
+  char *out = fixture_output(c, NULL);
+  /* HEAD: GET's head with the real length, no body. */
+  assert_true(strncmp(out, "HTTP/1.1 200 OK\r\n", 17) == 0);
+  assert_non_null(strstr(out, "Content-Length: 3\r\n"));
+  assert_null(strstr(out, "abc"));
+  char *second = strstr(out + 17, "HTTP/1.1 200 OK");
+  assert_non_null(second);
+  assert_non_null(strstr(second, "\r\n\r\nabs"));
+  free(out);
+}
+
 static void test_headers_lowercased(void **state) {
   mw_conn_t *c = fixture_conn(*state);
   feed(c, "GET /later HTTP/1.1\r\nX-Mixed-Case: Value\r\n\r\n");
@@ -277,6 +292,8 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(test_take_hands_over_following_bytes,
                                       setup, teardown),
+      cmocka_unit_test_setup_teardown(test_head_and_absolute_form, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_headers_lowercased, setup,
                                       teardown),
   };
