@@ -452,7 +452,7 @@ static void api_disconnect(mw_http_request_t *req, void *unused) {
       kick_task(&s->workers[i], op);
 }
 
-/* --- GET /healthz, /metrics, / ------------------------------------------ */
+/* --- GET /healthz, /metrics ------------------------------------------- */
 
 static void healthz(mw_http_request_t *req, void *unused) {
   mw_worker_t *w = mw__http_worker(req);
@@ -474,17 +474,6 @@ static void metrics(mw_http_request_t *req, void *unused) {
   free(text);
 }
 
-static void index_page(mw_http_request_t *req, void *unused) {
-  static const char page[] =
-      "<!doctype html><html><head><meta charset=\"utf-8\">"
-      "<title>moonwire</title></head><body><h1>moonwire</h1>"
-      "<p>The server is running. WebSocket endpoint: <code>/ws</code>; "
-      "server API: <code>POST /api/publish</code>; metrics: "
-      "<a href=\"/metrics\">/metrics</a>.</p></body></html>";
-  mw__http_respond(req, 200, "text/html; charset=utf-8", NULL, page,
-                   sizeof page - 1);
-}
-
 void mw__api_register(mw_server_t *s) {
   m_api_auth = mw__metric(MW_METRIC_COUNTER, "moonwire_rejected_total",
                           "Requests or connections rejected, by reason",
@@ -498,5 +487,4 @@ void mw__api_register(mw_server_t *s) {
   mw__server_route(s, "POST", "/api/disconnect", api_disconnect, NULL);
   mw__server_route(s, "GET", "/healthz", healthz, NULL);
   mw__server_route(s, "GET", "/metrics", metrics, NULL);
-  mw__server_route(s, "GET", "/", index_page, NULL);
 }

@@ -31,6 +31,9 @@ static const known_key_t known[] = {
     {"storage", K_STR, 1, NULL, "memory", "storage plugin: memory|redis"},
     {"redis", K_STR, 1, NULL, NULL,
      "redis://host:port[/db] for --storage redis"},
+    {"redis_timeout_ms", K_INT, 1, NULL, "2000",
+     "milliseconds a Redis command may take before its connection is reset"},
+    {"redis_prefix", K_STR, 1, NULL, "mw:", "prefix of moonwire's Redis keys"},
     {"policy", K_STR, 1, NULL, NULL,
      "Lua policy script (default: the built-in scripts/default.lua)"},
     {"plugin_dir", K_STR, 1, NULL, NULL, "directory of plugin *.so files"},
@@ -386,7 +389,8 @@ int mw__config_load(mw_config_t *cfg, int argc, char **argv, char *err,
       "limits.max_body_size", "limits.max_header_size",
       "limits.max_request_line", "limits.max_topics_per_connection",
       "limits.outbound_queue", "limits.idle_timeout", "limits.ping_interval",
-      "drain_timeout", "limits.hook_budget_ms", "limits.lua_memory"};
+      "drain_timeout", "limits.hook_budget_ms", "limits.lua_memory",
+      "redis_timeout_ms"};
   for (size_t i = 0; i < sizeof positive / sizeof positive[0]; i++)
     if (mw__config_int(cfg, positive[i], 1) < 1)
       return fail(err, errlen, "'%s' must be a positive integer", positive[i]);

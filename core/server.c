@@ -23,6 +23,7 @@
 #include "client.h"
 #include "conn_limits.h"
 #include "conn.h"
+#include "demo.h"
 #include "event.h"
 #include "host.h"
 #include "hub.h"
@@ -498,6 +499,23 @@ static const char *plugin_dir(const mw_config_t *cfg) {
   return MW_INSTALL_PLUGIN_DIR;
 }
 
+/* Inits one plugin. Returns 0, or an exit code: 2 when the plugin refused
+ * its configuration (MW_EINVAL: it logged why), 1 otherwise. */
+static int plugin_init(struct mw_plugin_handle *p) {
+  int rc = p->def.init(mw__host(), p, &p->state);
+  if (rc == MW_EINVAL) return 2;
+  if (rc) {
+    mw_log(MW_LOG_ERROR, "plugins", "plugin '%s' (%s) failed to init: %s",
+           p->def.name, p->path, mw_strerror(rc));
+    return 1;
+  }
+  p->initialized = 1;
+  mw_log(MW_LOG_INFO, "plugins", "loaded %s plugin '%s' %s",
+         p->def.kind == MW_PLUGIN_STORAGE ? "storage" : "transport",
+         p->def.name, p->def.version ? p->def.version : "");
+  return 0;
+}
+
 /* Loads and inits the plugins. Returns 0, or an exit code (1 or 2). */
 static int plugins_start(mw_server_t *s) {
   char err[512];
@@ -526,20 +544,18 @@ static int plugins_start(mw_server_t *s) {
     return 2;
   }
   mw__policy_free(check);
+  for (size_t i = 0; i < s->plugins.count; i++)
+    s->plugins.items[i]->wstates =
+        mw_xcalloc(s->nworkers, sizeof *s->plugins.items[i]->wstates);
+  /* The storage first: a configuration it refuses (e.g. --storage redis
+   * without --redis) is a usage error, told in its own one line. */
+  int rc = plugin_init(s->storage);
+  if (rc) return rc;
   for (size_t i = 0; i < s->plugins.count; i++) {
     struct mw_plugin_handle *p = s->plugins.items[i];
-    p->wstates = mw_xcalloc(s->nworkers, sizeof *p->wstates);
-    if (p->def.kind == MW_PLUGIN_STORAGE && p != s->storage) continue;
-    int rc = p->def.init(mw__host(), p, &p->state);
-    if (rc) {
-      mw_log(MW_LOG_ERROR, "plugins", "plugin '%s' (%s) failed to init: %s",
-             p->def.name, p->path, mw_strerror(rc));
-      return 1;
-    }
-    p->initialized = 1;
-    mw_log(MW_LOG_INFO, "plugins", "loaded %s plugin '%s' %s",
-           p->def.kind == MW_PLUGIN_STORAGE ? "storage" : "transport",
-           p->def.name, p->def.version ? p->def.version : "");
+    if (p->def.kind == MW_PLUGIN_STORAGE) continue;
+    rc = plugin_init(p);
+    if (rc) return rc;
   }
   return 0;
 }
@@ -573,6 +589,7 @@ int mw__server_run(mw_config_t *cfg) {
   mw__publish_metrics_init();
   mw__client_metrics_init();
   mw__api_register(s);
+  mw__demo_register(s);
   s->workers = mw_xcalloc(s->nworkers, sizeof *s->workers);
   for (unsigned i = 0; i < s->nworkers; i++) s->workers[i].listen_fd = -1;
   exit_code = plugins_start(s);
