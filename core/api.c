@@ -360,8 +360,34 @@ static void topics_collect(mw_worker_t *w, void *arg) {
     topics_answer(w, op); /* origin gone: its request went with it */
 }
 
+/* The storage knows every subscription of every node (presence). */
+static void on_storage_topics(int status, const char *const *names,
+                              const uint64_t *subs, size_t n, void *ud) {
+  mw_http_request_t *req = ud;
+  if (status) {
+    respond_error(req, mw__publish_http_status(status), mw_strerror(status));
+    return;
+  }
+  json_t *list = json_array();
+  for (size_t i = 0; i < n; i++)
+    json_array_append_new(list, json_pack("{s:s,s:I}", "topic", names[i],
+                                          "subscribers", (json_int_t)subs[i]));
+  json_t *o = json_pack("{s:o,s:I}", "topics", list, "count", (json_int_t)n);
+  char *text = json_dumps(o, JSON_COMPACT);
+  mw__http_respond_json(req, 200, text);
+  free(text);
+  json_decref(o);
+}
+
 static void api_topics(mw_http_request_t *req, void *unused) {
   if (!api_allowed(req)) return;
+  const mw_storage_v1_t *st = mw__storage();
+  if (st->topics) {
+    int rc = st->topics(mw__storage_wstate(mw__http_worker(req)),
+                        on_storage_topics, req);
+    if (rc) respond_error(req, mw__publish_http_status(rc), mw_strerror(rc));
+    return;
+  }
   mw_server_t *s = mw__server();
   topics_op_t *op = mw_xcalloc(1, sizeof *op);
   uv_mutex_init(&op->lock);

@@ -423,6 +423,38 @@ static int mem_presence_list(void *wstate, const char *topic,
   return 0;
 }
 
+/* Topics with live presence entries (every subscription of this node). */
+static int mem_topics(void *wstate, mw_store_topics_cb cb, void *ud) {
+  mem_state_t *st = wstate;
+  pthread_mutex_lock(&st->lock);
+  uint64_t now = mem_now_ms();
+  size_t n = 0, cap = HASH_COUNT(st->rooms);
+  char **names = calloc(cap ? cap : 1, sizeof *names);
+  uint64_t *counts = calloc(cap ? cap : 1, sizeof *counts);
+  int ok = names && counts;
+  mem_room_t *r, *tmp;
+  HASH_ITER(hh, st->rooms, r, tmp) {
+    if (!ok) break;
+    mem_room_expire(r, now);
+    size_t members = HASH_COUNT(r->members);
+    if (members) {
+      names[n] = strdup(r->name);
+      if (!names[n]) ok = 0;
+      counts[n++] = members;
+    }
+    mem_room_free_if_empty(st, r);
+  }
+  pthread_mutex_unlock(&st->lock);
+  if (ok)
+    cb(0, (const char *const *)names, counts, n, ud);
+  else
+    cb(MW_ENOMEM, NULL, NULL, 0, ud);
+  for (size_t i = 0; i < n; i++) free(names[i]);
+  free(names);
+  free(counts);
+  return 0;
+}
+
 /* A single node: broadcasting is fanning out here. */
 static int mem_broadcast(void *wstate, mw_event_t *ev) {
   mem_state_t *st = wstate;
@@ -464,6 +496,7 @@ static const mw_storage_v1_t mem_storage = {
     .presence_remove = mem_presence_remove,
     .presence_list = mem_presence_list,
     .broadcast = mem_broadcast,
+    .topics = mem_topics,
 };
 
 /* The plugin's one exported symbol. */

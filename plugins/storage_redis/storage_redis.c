@@ -130,12 +130,33 @@ static const char rd_lua_padd[] =
     RD_LUA_EXPIRE
     "local ttl = tonumber(ARGV[3])\n"
     "redis.call('ZADD', KEYS[1], now_ms() + ttl, ARGV[1])\n"
+    /* The cluster's topic index (GET /api/topics): a topic stays listed
+     * while any of its presence entries may be alive. */
+    "local expiry = now_ms() + ttl\n"
+    "local cur = redis.call('ZSCORE', KEYS[3], ARGV[4])\n"
+    "if not cur or tonumber(cur) < expiry then\n"
+    "  redis.call('ZADD', KEYS[3], expiry, ARGV[4])\n"
+    "end\n"
     "redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])\n"
     "if redis.call('PTTL', KEYS[1]) < ttl then\n"
     "  redis.call('PEXPIRE', KEYS[1], ttl)\n"
     "  redis.call('PEXPIRE', KEYS[2], ttl)\n"
     "end\n"
     "return 1\n";
+
+/* KEYS: the topic index. ARGV: key prefix. Returns {names, counts}: topics
+ * with live presence entries and how many (expired ones dropped). Reads
+ * keys it was not given: fine on one Redis, not on Redis Cluster. */
+static const char rd_lua_topics[] =
+    RD_LUA_EXPIRE
+    "local now = now_ms()\n"
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
+    "local names, counts = {}, {}\n"
+    "for _, t in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do\n"
+    "  local n = redis.call('ZCOUNT', ARGV[1] .. '{' .. t .. '}:p', now, '+inf')\n"
+    "  if n > 0 then names[#names + 1] = t; counts[#counts + 1] = n end\n"
+    "end\n"
+    "return {names, counts}\n";
 
 /* KEYS: pres zset, users hash. ARGV: client. */
 static const char rd_lua_premove[] =
@@ -169,10 +190,19 @@ static const char rd_lua_plist[] =
     "local users = chunked('HMGET', KEYS[2], ids)\n"
     "return {ids, users}\n";
 
-enum { RD_S_PUBLISH, RD_S_READ, RD_S_PADD, RD_S_PREMOVE, RD_S_PLIST, RD_S_COUNT };
+enum {
+  RD_S_PUBLISH,
+  RD_S_READ,
+  RD_S_PADD,
+  RD_S_PREMOVE,
+  RD_S_PLIST,
+  RD_S_TOPICS,
+  RD_S_COUNT
+};
 
 static const char *const rd_scripts[RD_S_COUNT] = {
-    rd_lua_publish, rd_lua_read, rd_lua_padd, rd_lua_premove, rd_lua_plist};
+    rd_lua_publish, rd_lua_read,  rd_lua_padd,
+    rd_lua_premove, rd_lua_plist, rd_lua_topics};
 
 /* --- errors counted in moonwire_redis_errors_total{reason} ---------------- */
 
@@ -261,7 +291,7 @@ typedef struct rd_worker {
   uv_async_t ps_async;
 } rd_worker_t;
 
-enum { RQ_PUBLISH, RQ_HISTORY, RQ_POSITION, RQ_PLIST, RQ_FIRE };
+enum { RQ_PUBLISH, RQ_HISTORY, RQ_POSITION, RQ_PLIST, RQ_TOPICS, RQ_FIRE };
 
 struct rd_req {
   rd_worker_t *ws;
@@ -280,6 +310,7 @@ struct rd_req {
   mw_store_history_cb hcb;
   mw_position_cb poscb;
   mw_store_presence_cb prcb;
+  mw_store_topics_cb tcb;
   void *ud;
 };
 
@@ -452,6 +483,7 @@ static void rd_fail(rd_req_t *r, int status) {
   case RQ_HISTORY: r->hcb(status, NULL, 0, 0, NULL, 0, r->ud); break;
   case RQ_POSITION: r->poscb(status, 0, NULL, r->ud); break;
   case RQ_PLIST: r->prcb(status, NULL, 0, r->ud); break;
+  case RQ_TOPICS: r->tcb(status, NULL, NULL, 0, r->ud); break;
   default: break;
   }
   rd_req_free(r);
@@ -551,6 +583,41 @@ static void rd_done_plist(rd_req_t *r, const redisReply *rep) {
   rd_req_free(r);
 }
 
+static void rd_done_topics(rd_req_t *r, const redisReply *rep) {
+  rd_worker_t *ws = r->ws;
+  const redisReply *names = NULL, *counts = NULL;
+  int ok = rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2;
+  if (ok) {
+    names = rep->element[0];
+    counts = rep->element[1];
+    ok = names && counts && names->type == REDIS_REPLY_ARRAY &&
+         counts->type == REDIS_REPLY_ARRAY &&
+         names->elements == counts->elements;
+  }
+  for (size_t i = 0; ok && i < names->elements; i++)
+    ok = names->element[i]->type == REDIS_REPLY_STRING &&
+         counts->element[i]->type == REDIS_REPLY_INTEGER &&
+         counts->element[i]->integer >= 0;
+  if (!ok) {
+    rd_error(ws->g, rep && rep->type == REDIS_REPLY_ERROR ? RD_E_SCRIPT
+                                                          : RD_E_REPLY,
+             "topics: unexpected reply");
+    rd_fail(r, MW_EUNAVAIL);
+    return;
+  }
+  size_t n = names->elements;
+  const char **nv = rd_xcalloc(n ? n : 1, sizeof *nv);
+  uint64_t *cv = rd_xcalloc(n ? n : 1, sizeof *cv);
+  for (size_t i = 0; i < n; i++) {
+    nv[i] = names->element[i]->str;
+    cv[i] = (uint64_t)counts->element[i]->integer;
+  }
+  r->tcb(0, nv, cv, n, r->ud);
+  free(nv);
+  free(cv);
+  rd_req_free(r);
+}
+
 static void rd_on_reply(redisAsyncContext *ac, void *reply, void *priv) {
   rd_req_t *r = priv;
   rd_worker_t *ws = r->ws;
@@ -576,6 +643,7 @@ static void rd_on_reply(redisAsyncContext *ac, void *reply, void *priv) {
   case RQ_HISTORY:
   case RQ_POSITION: rd_done_read(r, rep); break;
   case RQ_PLIST: rd_done_plist(r, rep); break;
+  case RQ_TOPICS: rd_done_topics(r, rep); break;
   default:
     if (rep->type == REDIS_REPLY_ERROR)
       rd_error(ws->g, RD_E_SCRIPT, "%.*s: %s", (int)r->argvlen[0], r->argv[0],
@@ -1197,9 +1265,39 @@ static int rd_presence_add(void *wstate, const char *topic,
   snprintf(ttl, sizeof ttl, "%llu",
            (unsigned long long)(ttl_ms ? ttl_ms : 60000));
   const char *u = user_id ? user_id : "";
-  const char *extra[] = {client_id, u, ttl};
-  size_t elens[] = {strlen(client_id), strlen(u), strlen(ttl)};
-  return rd_presence_cmd(ws, RD_S_PADD, topic, 3, extra, elens);
+  rd_global_t *g = ws->g;
+  size_t pl, ul;
+  char *pk = rd_key(g, topic, 'p', &pl);
+  char *uk = rd_key(g, topic, 'u', &ul);
+  char ik[80];
+  size_t il = (size_t)snprintf(ik, sizeof ik, "%stopics", g->prefix);
+  const char *args[] = {pk, uk, ik, client_id, u, ttl, topic};
+  size_t lens[] = {pl, ul, il, strlen(client_id), strlen(u), strlen(ttl),
+                   strlen(topic)};
+  rd_req_t *r = rd_req_new(ws, RQ_FIRE, RD_S_PADD, 3, 7, args, lens);
+  free(pk);
+  free(uk);
+  rc = rd_send(r);
+  if (rc) rd_req_free(r);
+  return rc;
+}
+
+static int rd_topics(void *wstate, mw_store_topics_cb cb, void *ud) {
+  rd_worker_t *ws = wstate;
+  int rc = rd_usable(ws);
+  if (rc) return rc;
+  if (!cb) return MW_EINVAL;
+  rd_global_t *g = ws->g;
+  char ik[80];
+  size_t il = (size_t)snprintf(ik, sizeof ik, "%stopics", g->prefix);
+  const char *args[] = {ik, g->prefix};
+  size_t lens[] = {il, strlen(g->prefix)};
+  rd_req_t *r = rd_req_new(ws, RQ_TOPICS, RD_S_TOPICS, 1, 2, args, lens);
+  r->tcb = cb;
+  r->ud = ud;
+  rc = rd_send(r);
+  if (rc) rd_req_free(r);
+  return rc;
 }
 
 static int rd_presence_remove(void *wstate, const char *topic,
@@ -1441,6 +1539,7 @@ static const mw_storage_v1_t rd_storage = {
     .presence_add = rd_presence_add,
     .presence_remove = rd_presence_remove,
     .presence_list = rd_presence_list,
+    .topics = rd_topics,
     .broadcast = rd_broadcast,
     .interest = rd_interest,
 };

@@ -348,6 +348,34 @@ class Presence(RedisCluster):
         run_async(go(), 60)
 
 
+class ClusterTopics(RedisCluster):
+    NODES = 2
+
+    def test_api_topics_answers_for_the_cluster(self):
+        a, b = self.nodes
+
+        def topics(node):
+            status, js, r = node.http_json("GET", "/api/topics")
+            self.assertEqual(status, 200, r)
+            return {t["topic"]: t["subscribers"] for t in js["topics"]}
+
+        async def go():
+            async with ws_connect(a) as wa, ws_connect(b) as wb, ws_connect(b) as wc:
+                await subscribe(wa, ["t:shared", "t:only-a"])
+                await subscribe(wb, ["t:shared"])
+                await subscribe(wc, ["t:shared"], rid="s3")
+                want = {"t:shared": 3, "t:only-a": 1}
+                for node in (a, b):
+                    await asyncio.to_thread(
+                        wait_for, lambda: topics(node) == want, 10, 0.05,
+                        f"every node's subscriptions in /api/topics on {node.name}")
+            # closed connections leave the list
+            for node in (a, b):
+                await asyncio.to_thread(wait_for, lambda: topics(node) == {}, 10, 0.05,
+                                        "an empty topic list after the closes")
+        run_async(go(), 60)
+
+
 class RedisOutage(RedisCluster):
     NODES = 2
 

@@ -62,6 +62,11 @@ typedef void (*mw_store_presence_cb)(int status,
                                      const mw_presence_entry_t *entries,
                                      size_t n, void *ud);
 
+/* Completion of a topics list: exactly once; arrays borrowed. */
+typedef void (*mw_store_topics_cb)(int status, const char *const *names,
+                                   const uint64_t *subscribers, size_t n,
+                                   void *ud);
+
 typedef struct mw_storage_v1 {
   uint32_t struct_size;
   /* Assigns the next seq of the draft's topic, seals it (host->event_seal),
@@ -99,7 +104,10 @@ typedef struct mw_storage_v1 {
    * subscriber arrived, 0 when its last one left. A clustered storage
    * listens only for the topics some worker of this node wants. */
   void (*interest)(void *wstate, const char *topic, int on);
-  void *reserved[3];
+  /* Every topic with live presence entries on any node, with its count
+   * (GET /api/topics for the cluster). Optional. */
+  int (*topics)(void *wstate, mw_store_topics_cb cb, void *ud);
+  void *reserved[2];
 } mw_storage_v1_t;
 
 /* --- every plugin ------------------------------------------------------ */
