@@ -19,6 +19,18 @@
  * RSS from /proc around the publish phase; its own CPU time comes from
  * getrusage, so its share of the machine is visible.
  *
+ * --target nchan drives nginx + nchan (bench/peers/nchan.conf) instead:
+ * subscribers open ws://HOST:PORT/sub/TOPIC (no subscribe message: the
+ * 101 answer is the subscription), the publisher POSTs the bare data object
+ * to /pub/TOPIC (201 or 202 is success), and each text frame is the published
+ * body, so only n (order, gaps, duplicates) and ts (latency) are checked;
+ * there is no seq. Before publishing it polls GET /pub/TOPIC on the
+ * publishing node until nchan reports every subscriber (at most 10 s).
+ * --pub-port publishes to another node than the subscribers' --port (two
+ * nodes sharing one Redis). --server-pid takes a comma-separated list (all
+ * the server processes: both nodes, nginx master and worker); their CPU time
+ * and RSS are summed. --aux-pid (same form) is measured separately (Redis).
+ *
  * Client frames are masked (RFC 6455 §5.3); server frames must not be.
  * Exit status: 0 when every expected event arrived once, in order, and every
  * publish succeeded; 1 otherwise (loss, errors, deadline); 2 on bad usage. */
@@ -40,6 +52,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -49,6 +62,8 @@
 
 enum { ST_CONNECTING, ST_HANDSHAKE, ST_SUBSCRIBING, ST_READY, ST_CLOSED };
 enum { K_SUB, K_PUB };
+enum { T_MOONWIRE, T_NCHAN };
+#define MAX_PIDS 8
 
 typedef struct conn {
   int fd;
@@ -80,18 +95,23 @@ static struct {
   int tenants;
   int pad;
   int server_pid;
+  int target;
+  int pub_port;
   const char *json_path;
   const char *topic;
   double deadline_s;
   double drain_s;
   int quiet;
-} opt = {"127.0.0.1", 0, 1000, 2000, 32, 0, 200, 0, 100, 0, NULL, "bench",
-         120, 5, 0};
+} opt = {"127.0.0.1", 0, 1000, 2000, 32, 0, 200, 0, 100, 0, T_MOONWIRE, 0,
+         NULL, "bench", 120, 5, 0};
+
+static int server_pids[MAX_PIDS], n_server_pids;
+static int aux_pids[MAX_PIDS], n_aux_pids;
 
 static int ep;
 static conn_t *subs;
 static conn_t pub;
-static struct sockaddr_in addr;
+static struct sockaddr_in addr, pub_addr;
 static uint64_t t_deadline;
 
 /* progress */
@@ -101,14 +121,16 @@ static uint64_t deliveries, expected_total, last_delivery_ns;
 static int64_t sent, answered, pub_ok, pub_err;
 static uint64_t pub_base = UINT64_MAX; /* topic seq before the first publish */
 static uint64_t pub_seq_bad;
+static uint64_t pub_no_subs; /* nchan: 202 (no subscriber on that node) */
+static long nchan_subs_seen = -1;
 static uint64_t t_pub_start, t_pub_done;
 static int publishing;
 
 /* latency samples (ns) */
-static uint32_t *lat;
+static uint32_t *lat; /* in units of 100 ns: up to 429 s */
 static size_t nlat, lat_cap;
 static uint64_t lat_stride = 1, lat_seen;
-static uint64_t lat_over; /* samples above 4.29 s, clamped */
+static uint64_t lat_over; /* samples above 429 s, clamped */
 
 static uint64_t now_ns(void) {
   struct timespec ts;
@@ -185,6 +207,36 @@ static pstat_t proc_read(int pid) {
   return st;
 }
 
+/* The sum over several processes (ok only if every one was readable). */
+static pstat_t procs_read(const int *pids, int n) {
+  pstat_t sum = {0, 0, 0, 0, 0, n > 0};
+  for (int i = 0; i < n; i++) {
+    pstat_t st = proc_read(pids[i]);
+    if (!st.ok) sum.ok = 0;
+    sum.cpu_s += st.cpu_s;
+    sum.user_s += st.user_s;
+    sum.sys_s += st.sys_s;
+    sum.rss_kb += st.rss_kb;
+    sum.hwm_kb += st.hwm_kb;
+  }
+  return sum;
+}
+
+/* "PID[,PID...]" -> pids; returns the count (exits on bad input). */
+static int parse_pids(const char *v, int *pids) {
+  int n = 0;
+  while (*v) {
+    char *end;
+    long pid = strtol(v, &end, 10);
+    if (end == v || pid <= 0 || pid > INT32_MAX || n == MAX_PIDS ||
+        (*end && *end != ','))
+      die("bad pid list '%s' (at most %d comma-separated pids)", v, MAX_PIDS);
+    pids[n++] = (int)pid;
+    v = *end ? end + 1 : end;
+  }
+  return n;
+}
+
 static double self_cpu(void) {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
@@ -203,12 +255,12 @@ static void conn_close(conn_t *c) {
   c->state = ST_CLOSED;
 }
 
-static int conn_open(conn_t *c) {
+static int conn_open(conn_t *c, const struct sockaddr_in *to) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return -errno;
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0 &&
+  if (connect(fd, (const struct sockaddr *)to, sizeof *to) < 0 &&
       errno != EINPROGRESS) {
     int e = errno;
     close(fd);
@@ -292,7 +344,7 @@ static void sub_fail(conn_t *c, const char *why) {
 }
 
 static int sub_start(conn_t *c) {
-  int rc = conn_open(c);
+  int rc = conn_open(c, &addr);
   if (rc) {
     note_error("subscriber %d: connect: %s", c->idx, strerror(-rc));
     n_failed_subs++;
@@ -313,15 +365,20 @@ static void sub_send_handshake(conn_t *c) {
     sub_fail(c, m);
     return;
   }
-  char req[512];
-  char tok[48] = "";
-  if (opt.tenants > 0) snprintf(tok, sizeof tok, "?token=t%d", c->tenant);
+  char req[768];
+  char path[300];
+  if (opt.target == T_NCHAN)
+    snprintf(path, sizeof path, "/sub/%s", opt.topic);
+  else if (opt.tenants > 0)
+    snprintf(path, sizeof path, "/ws?token=t%d", c->tenant);
+  else
+    snprintf(path, sizeof path, "/ws");
   int n = snprintf(req, sizeof req,
-                   "GET /ws%s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+                   "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                    "Connection: Upgrade\r\n"
                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                    "Sec-WebSocket-Version: 13\r\n\r\n",
-                   tok, opt.host, opt.port);
+                   path, opt.host, opt.port);
   if (write_all(c->fd, req, (size_t)n)) {
     sub_fail(c, "write handshake failed");
     return;
@@ -349,15 +406,18 @@ static void record_latency(uint64_t ns) {
   lat_seen++;
   if (lat_stride > 1 && lat_seen % lat_stride) return;
   if (nlat >= lat_cap) return;
-  if (ns > UINT32_MAX) {
+  uint64_t v = ns / 100;
+  if (v > UINT32_MAX) {
     lat_over++;
-    ns = UINT32_MAX;
+    v = UINT32_MAX;
   }
-  lat[nlat++] = (uint32_t)ns;
+  lat[nlat++] = (uint32_t)v;
 }
 
 static void sub_event(conn_t *c, const char *p, size_t len, uint64_t now) {
-  uint64_t seq = num_after(p, len, LIT("\"seq\":"));
+  /* nchan frames are the published data itself: no envelope, no seq. */
+  int has_seq = opt.target != T_NCHAN;
+  uint64_t seq = has_seq ? num_after(p, len, LIT("\"seq\":")) : 0;
   uint64_t n = num_after(p, len, LIT("\"n\":"));
   uint64_t ts = num_after(p, len, LIT("\"ts\":"));
   if (seq == UINT64_MAX || n == UINT64_MAX || ts == UINT64_MAX) {
@@ -366,7 +426,7 @@ static void sub_event(conn_t *c, const char *p, size_t len, uint64_t now) {
     c->seq_bad++;
     return;
   }
-  if (seq != c->base + n + 1) c->seq_bad++;
+  if (has_seq && seq != c->base + n + 1) c->seq_bad++;
   int step = opt.tenants > 1 ? opt.tenants : 1;
   if (opt.tenants > 1 && (int)(n % (uint64_t)opt.tenants) != c->tenant) {
     c->foreign++;
@@ -391,6 +451,10 @@ static int sub_frame(conn_t *c, int opcode, const char *p, size_t len,
   case 1: /* text */
   case 2:
     if (c->state == ST_READY) {
+      if (opt.target == T_NCHAN) {
+        sub_event(c, p, len, now);
+        return 0;
+      }
       if (len > 16 && !memcmp(p, "{\"type\":\"event\"", 15)) {
         sub_event(c, p, len, now);
       } else if (memmem(p, len, LIT("\"type\":\"event\""))) {
@@ -517,6 +581,15 @@ static void sub_readable(conn_t *c) {
       size_t hl = (size_t)(end + 4 - c->buf);
       memmove(c->buf, c->buf + hl, c->len - hl);
       c->len -= hl;
+      if (opt.target == T_NCHAN) { /* subscribed by the upgrade itself */
+        c->state = ST_READY;
+        n_connecting--;
+        n_ready++;
+        sub_parse_frames(c, now);
+        if (c->fd < 0) return;
+        if ((size_t)n < room) return;
+        continue;
+      }
       char msg[256];
       int ml = snprintf(msg, sizeof msg,
                         "{\"type\":\"subscribe\",\"id\":\"s\",\"topics\":[\"%s\"]}",
@@ -545,7 +618,10 @@ static void pub_queue_one(int64_t i) {
   char body[4096 + 512];
   uint64_t ts = now_ns();
   int bl;
-  if (opt.tenants > 0)
+  if (opt.target == T_NCHAN) /* the body is the message */
+    bl = snprintf(body, sizeof body, "{\"n\":%lld,\"ts\":%llu,\"pad\":\"%s\"}",
+                  (long long)i, (unsigned long long)ts, pad_str);
+  else if (opt.tenants > 0)
     bl = snprintf(body, sizeof body,
                   "{\"topic\":\"%s\",\"event\":\"BENCH\",\"data\":{\"n\":%lld,"
                   "\"ts\":%llu,\"tenant_id\":\"t%lld\",\"pad\":\"%s\"}}",
@@ -570,11 +646,18 @@ static void pub_queue_one(int64_t i) {
       if (!pub_out) die("out of memory");
     }
   }
-  pub_out_len += (size_t)sprintf(pub_out + pub_out_len,
-                                 "POST /api/publish HTTP/1.1\r\nHost: %s:%d\r\n"
-                                 "Content-Type: application/json\r\n"
-                                 "Content-Length: %d\r\n\r\n",
-                                 opt.host, opt.port, bl);
+  if (opt.target == T_NCHAN)
+    pub_out_len += (size_t)sprintf(pub_out + pub_out_len,
+                                   "POST /pub/%s HTTP/1.1\r\nHost: %s:%d\r\n"
+                                   "Content-Type: application/json\r\n"
+                                   "Content-Length: %d\r\n\r\n",
+                                   opt.topic, opt.host, opt.pub_port, bl);
+  else
+    pub_out_len += (size_t)sprintf(pub_out + pub_out_len,
+                                   "POST /api/publish HTTP/1.1\r\nHost: %s:%d\r\n"
+                                   "Content-Type: application/json\r\n"
+                                   "Content-Length: %d\r\n\r\n",
+                                   opt.host, opt.pub_port, bl);
   memcpy(pub_out + pub_out_len, body, (size_t)bl);
   pub_out_len += (size_t)bl;
 }
@@ -650,7 +733,10 @@ static void pub_readable(void) {
     if (avail < hl + (size_t)clen) break;
     int status = avail > 12 ? atoi(p + 9) : 0;
     const char *body = p + hl;
-    if (status == 200) {
+    if (opt.target == T_NCHAN && (status == 201 || status == 202)) {
+      pub_ok++; /* 201 Created: delivered to subscribers; 202: none there */
+      if (status == 202) pub_no_subs++;
+    } else if (status == 200 && opt.target != T_NCHAN) {
       pub_ok++;
       uint64_t seq = num_after(body, (size_t)clen, LIT("\"seq\":"));
       if (pub_base == UINT64_MAX && seq != UINT64_MAX) pub_base = seq - 1;
@@ -672,6 +758,35 @@ static void pub_readable(void) {
   pub_pump(now_ns());
 }
 
+/* nchan: the "active subscribers" of TOPIC on the publishing node (GET
+ * /pub/TOPIC, the channel info), or -1. Blocking, one short request. */
+static long nchan_active_subscribers(void) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  struct timeval tv = {2, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  long active = -1;
+  char buf[2048];
+  int n = snprintf(buf, sizeof buf,
+                   "GET /pub/%s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/plain\r\n"
+                   "Connection: close\r\n\r\n",
+                   opt.topic, opt.host, opt.pub_port);
+  if (connect(fd, (struct sockaddr *)&pub_addr, sizeof pub_addr) == 0 &&
+      write_all(fd, buf, (size_t)n) == 0) {
+    size_t len = 0;
+    ssize_t r;
+    while (len < sizeof buf - 1 && (r = read(fd, buf + len, sizeof buf - 1 - len)) > 0)
+      len += (size_t)r;
+    buf[len] = '\0';
+    const char *k = strstr(buf, "active subscribers: ");
+    if (k) active = strtol(k + 20, NULL, 10);
+    else if (len > 12 && !memcmp(buf + 9, "404", 3)) active = 0; /* no channel yet */
+  }
+  close(fd);
+  return active;
+}
+
 /* ---- report ---- */
 
 static int cmp_u32(const void *a, const void *b) {
@@ -682,15 +797,16 @@ static int cmp_u32(const void *a, const void *b) {
 static double pct(double q) {
   if (!nlat) return 0;
   size_t i = (size_t)(q * (double)(nlat - 1) + 0.5);
-  return lat[i] / 1000.0;
+  return lat[i] / 10.0;
 }
 
 static void usage(const char *argv0) {
   fprintf(stderr,
-          "usage: %s --port P [--host 127.0.0.1] [--subs N] [--events M]\n"
+          "usage: %s --port P [--pub-port P] [--target moonwire|nchan]\n"
+          "  [--host 127.0.0.1] [--subs N] [--events M]\n"
           "  [--window W] [--rate EV_PER_S] [--ramp R] [--tenants K] [--pad BYTES]\n"
-          "  [--topic T] [--server-pid PID] [--deadline S] [--drain S]\n"
-          "  [--json FILE] [--quiet]\n", argv0);
+          "  [--topic T] [--server-pid PID[,PID..]] [--aux-pid PID[,PID..]]\n"
+          "  [--deadline S] [--drain S] [--json FILE] [--quiet]\n", argv0);
   exit(2);
 }
 
@@ -711,16 +827,28 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--tenants")) opt.tenants = atoi(v);
     else if (!strcmp(a, "--pad")) opt.pad = atoi(v);
     else if (!strcmp(a, "--topic")) opt.topic = v;
-    else if (!strcmp(a, "--server-pid")) opt.server_pid = atoi(v);
+    else if (!strcmp(a, "--server-pid")) n_server_pids = parse_pids(v, server_pids);
+    else if (!strcmp(a, "--aux-pid")) n_aux_pids = parse_pids(v, aux_pids);
+    else if (!strcmp(a, "--pub-port")) opt.pub_port = atoi(v);
+    else if (!strcmp(a, "--target")) {
+      if (!strcmp(v, "moonwire")) opt.target = T_MOONWIRE;
+      else if (!strcmp(v, "nchan")) opt.target = T_NCHAN;
+      else usage(argv[0]);
+    }
     else if (!strcmp(a, "--deadline")) opt.deadline_s = atof(v);
     else if (!strcmp(a, "--drain")) opt.drain_s = atof(v);
     else if (!strcmp(a, "--json")) opt.json_path = v;
     else usage(argv[0]);
   }
   if (opt.port <= 0 || opt.port > 65535) usage(argv[0]);
+  if (!opt.pub_port) opt.pub_port = opt.port;
+  if (opt.pub_port <= 0 || opt.pub_port > 65535) usage(argv[0]);
+  if (opt.target == T_NCHAN && opt.tenants > 0)
+    die("--tenants is a moonwire policy feature (not with --target nchan)");
+  opt.server_pid = n_server_pids ? server_pids[0] : 0;
   if (opt.subs < 0 || opt.events < 0 || opt.window < 1 || opt.ramp < 1 ||
       opt.tenants < 0 || opt.pad < 0 || opt.pad > 4000 || opt.deadline_s <= 0 ||
-      strlen(opt.topic) > 200 || strpbrk(opt.topic, "\"\\ "))
+      strlen(opt.topic) > 200 || strpbrk(opt.topic, "\"\\ /?#%"))
     usage(argv[0]);
   signal(SIGPIPE, SIG_IGN);
   memset(&addr, 0, sizeof addr);
@@ -728,6 +856,8 @@ int main(int argc, char **argv) {
   addr.sin_port = htons((uint16_t)opt.port);
   if (inet_pton(AF_INET, opt.host, &addr.sin_addr) != 1)
     die("--host must be an IPv4 address");
+  pub_addr = addr;
+  pub_addr.sin_port = htons((uint16_t)opt.pub_port);
 
   struct rlimit rl;
   getrlimit(RLIMIT_NOFILE, &rl);
@@ -776,9 +906,9 @@ int main(int argc, char **argv) {
   if (ep < 0) die("epoll_create1: %s", strerror(errno));
   uint64_t t0 = now_ns();
   t_deadline = t0 + (uint64_t)(opt.deadline_s * 1e9);
-  pstat_t srv_start = proc_read(opt.server_pid);
-  if (opt.server_pid && !srv_start.ok)
-    die("cannot read /proc/%d/stat", opt.server_pid);
+  pstat_t srv_start = procs_read(server_pids, n_server_pids);
+  if (n_server_pids && !srv_start.ok)
+    die("cannot read /proc/PID/stat of every --server-pid");
 
   struct epoll_event evs[512];
   int deadline_hit = 0;
@@ -800,8 +930,24 @@ int main(int argc, char **argv) {
       sub_readable(c);
     }
   }
+  /* nchan: the upgrade answer does not say that the channel (or, with
+   * Redis, the other node's subscription) is in place: wait until the
+   * publishing node counts every subscriber. */
+  if (opt.target == T_NCHAN && !deadline_hit && n_ready == opt.subs) {
+    uint64_t until = now_ns() + 10000000000ull;
+    long active = -1;
+    while ((active = nchan_active_subscribers()) < opt.subs && now_ns() < until) {
+      struct timespec ts = {0, 20000000};
+      nanosleep(&ts, NULL);
+    }
+    if (active != opt.subs && !opt.quiet)
+      fprintf(stderr, "mw_loadgen: nchan reports %ld active subscribers of %d\n",
+              active, opt.subs);
+    nchan_subs_seen = active;
+  }
   uint64_t t_ready = now_ns();
-  pstat_t srv_ready = proc_read(opt.server_pid);
+  pstat_t srv_ready = procs_read(server_pids, n_server_pids);
+  pstat_t aux_ready = procs_read(aux_pids, n_aux_pids);
   if (!opt.quiet)
     fprintf(stderr, "mw_loadgen: %d/%d subscribers ready in %.2f s\n", n_ready,
             opt.subs, (double)(t_ready - t0) / 1e9);
@@ -816,7 +962,7 @@ int main(int argc, char **argv) {
   pub_out_cap = PUB_BUF;
   pub_out = xmalloc(pub_out_cap);
   if (ok_to_publish && opt.events > 0) {
-    int rc = conn_open(&pub);
+    int rc = conn_open(&pub, &pub_addr);
     if (rc) die("publisher: connect: %s", strerror(-rc));
     /* wait for the connection */
     for (;;) {
@@ -874,11 +1020,13 @@ int main(int argc, char **argv) {
   }
   uint64_t t_end = now_ns();
   double cpu_self = self_cpu() - cpu_self0;
-  pstat_t srv_end = proc_read(opt.server_pid);
-  if (opt.server_pid && !srv_end.ok) {
-    note_error("server process %d is gone", opt.server_pid);
+  pstat_t srv_end = procs_read(server_pids, n_server_pids);
+  pstat_t aux_end = procs_read(aux_pids, n_aux_pids);
+  if (n_server_pids && !srv_end.ok) {
+    note_error("a server process (--server-pid) is gone");
     srv_end = srv_ready;
   }
+  double aux_cpu = aux_end.ok && aux_ready.ok ? aux_end.cpu_s - aux_ready.cpu_s : 0;
 
   /* Tally. */
   uint64_t ok = 0, dups = 0, gaps = 0, seq_bad = 0, foreign = 0, loss = 0;
@@ -910,7 +1058,10 @@ int main(int argc, char **argv) {
   if (opt.json_path && !(out = fopen(opt.json_path, "w")))
     die("cannot write %s", opt.json_path);
   fprintf(out,
-          "{\"bench\":\"fanout\",\"subscribers\":%d,\"subscribers_ready\":%d,"
+          "{\"bench\":\"fanout\",\"target\":\"%s\",\"port\":%d,"
+          "\"pub_port\":%d,\"server_pids\":%d,\"aux_cpu_s\":%.3f,"
+          "\"aux_cpu_us_per_delivery\":%.3f,\"publish_202\":%llu,"
+          "\"nchan_active_subscribers\":%ld,\"subscribers\":%d,\"subscribers_ready\":%d,"
           "\"events\":%lld,\"window\":%d,\"rate\":%g,\"tenants\":%d,"
           "\"data_bytes\":%d,\"published_ok\":%lld,\"publish_errors\":%lld,"
           "\"deliveries_expected\":%llu,\"deliveries_received\":%llu,"
@@ -928,6 +1079,9 @@ int main(int argc, char **argv) {
           "\"server_hwm_kb\":%ld,\"loadgen_cpu_s\":%.3f,"
           "\"loadgen_cpu_share\":%.3f,\"deadline_hit\":%s,\"ok\":%s,"
           "\"error\":\"",
+          opt.target == T_NCHAN ? "nchan" : "moonwire", opt.port, opt.pub_port,
+          n_server_pids, aux_cpu, ok ? aux_cpu * 1e6 / (double)ok : 0,
+          (unsigned long long)pub_no_subs, nchan_subs_seen,
           opt.subs, n_ready, (long long)opt.events, opt.window, opt.rate,
           opt.tenants, opt.pad, (long long)pub_ok, (long long)pub_err,
           (unsigned long long)expected_total, (unsigned long long)ok,
@@ -937,7 +1091,7 @@ int main(int argc, char **argv) {
           (double)(t_ready - t0) / 1e9, pub_dur, dur,
           pub_dur > 0 ? (double)pub_ok / pub_dur : 0,
           dur > 0 ? (double)ok / dur : 0, nlat, pct(0.5), pct(0.9), pct(0.99),
-          pct(0.999), nlat ? lat[nlat - 1] / 1000.0 : 0, opt.server_pid,
+          pct(0.999), nlat ? lat[nlat - 1] / 10.0 : 0, opt.server_pid,
           srv_cpu, srv_end.user_s - srv_ready.user_s,
           srv_end.sys_s - srv_ready.sys_s, srv_cpu_connect, ok ? srv_cpu * 1e6 / (double)ok : 0,
           srv_start.rss_kb, srv_ready.rss_kb, srv_end.rss_kb, srv_end.hwm_kb,

@@ -7,6 +7,13 @@
 #   bench/run.sh --smoke   a few seconds (50 subscribers x 200 events, each
 #                          policy once; results in a temporary directory);
 #                          exit 0 only if nothing was lost
+#   bench/run.sh --peers   moonwire vs nchan (nginx-light + libnginx-mod-nchan,
+#                          installed through scripts/install-deps.sh when
+#                          missing; ~3-4 minutes): one node (memory, Redis)
+#                          and two nodes on one Redis, 1,000 subscribers x
+#                          2,000 events, RUNS runs each (medians); writes
+#                          bench/results/peers_*.json and the peer tables in
+#                          docs/benchmarks.md (not the other tables)
 #
 # Environment: BUILD_DIR (default <repo>/build-bench), WORKERS (server event
 # loops, default 1: the server gets one core), RUNS (default 3),
@@ -20,28 +27,52 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
 SMOKE=0
+PEERS=0
 for a in "$@"; do
   case "$a" in
     --smoke) SMOKE=1 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --peers) PEERS=1 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument '$a' (try --help)" >&2; exit 2 ;;
   esac
 done
+if [ "$SMOKE" = 1 ] && [ "$PEERS" = 1 ]; then
+  echo "run.sh: --smoke and --peers do not go together" >&2
+  exit 2
+fi
 
 BUILD_DIR=${BUILD_DIR:-$ROOT/build-bench}
 WORKERS=${WORKERS:-1}
 RUNS=${RUNS:-3}
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/mw-bench.XXXXXX")
 SERVER_PID=
+PEER_PIDS=() # --peers: every moonwire/nginx/redis-server this script started
 cleanup() {
   if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
     kill -TERM "$SERVER_PID" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || true
   fi
+  for p in "${PEER_PIDS[@]}"; do
+    kill -TERM "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
   rm -rf "$TMP"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# --peers needs nginx with the nchan module (Debian packages) and Redis.
+if [ "$PEERS" = 1 ]; then
+  missing=
+  for p in nginx-light libnginx-mod-nchan redis-server; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+      missing="$missing $p"
+  done
+  if [ -n "$missing" ]; then
+    echo "run.sh --peers: missing:$missing; running scripts/install-deps.sh" >&2
+    "$ROOT/scripts/install-deps.sh"
+  fi
+fi
 
 if [ "$SMOKE" = 1 ]; then
   RESULTS_DIR=${RESULTS_DIR:-$TMP/results}
@@ -104,6 +135,308 @@ stop_server() {
   wait "$SERVER_PID" 2>/dev/null || true
   SERVER_PID=
 }
+
+# ---- --peers: moonwire vs nchan (docs/benchmarks.md, "moonwire vs nchan") ----
+if [ "$PEERS" = 1 ]; then
+  NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+  NCHAN_SO=$(dpkg -L libnginx-mod-nchan 2>/dev/null | grep '/ngx_nchan_module\.so$' | head -1)
+  NCHAN_SO=${NCHAN_SO:-/usr/lib/nginx/modules/ngx_nchan_module.so}
+  REDIS_SERVER=$(command -v redis-server || echo /usr/bin/redis-server)
+  for b in "$NGINX" "$NCHAN_SO" "$REDIS_SERVER"; do
+    [ -e "$b" ] || { echo "run.sh --peers: missing $b" >&2; exit 1; }
+  done
+  # The worker runs as whoever runs this (nginx ignores "user" unless root).
+  NGX_USER=
+  [ "$(id -u)" = 0 ] && NGX_USER="user $(id -un) $(id -gn);"
+
+  free_port() {
+    "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+  }
+  port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+  children() { pgrep -P "$1" 2>/dev/null | paste -sd, - || true; }
+
+  # start_redis DIR -> REDIS_PID REDIS_PORT (a fresh, empty Redis per run)
+  start_redis() {
+    REDIS_PORT=$(free_port)
+    "${PIN0[@]}" "$REDIS_SERVER" --port "$REDIS_PORT" --bind 127.0.0.1 --save '' \
+      --appendonly no --dir "$1" --logfile "$1/redis.log" &
+    REDIS_PID=$!
+    PEER_PIDS+=("$REDIS_PID")
+    for _ in $(seq 100); do
+      port_open "$REDIS_PORT" && return 0
+      sleep 0.05
+    done
+    echo "run.sh: redis-server did not start" >&2; cat "$1/redis.log" >&2; exit 1
+  }
+
+  # start_mw LOG [moonwire args...] -> MW_PID MW_PORT
+  start_mw() {
+    local log=$1; shift
+    "${PIN0[@]}" "$MOONWIRE" --listen 127.0.0.1:0 --workers 1 \
+      --policy "$ROOT/bench/policies/none.lua" "$@" 2>"$log" &
+    MW_PID=$!
+    PEER_PIDS+=("$MW_PID")
+    MW_PORT=
+    for _ in $(seq 100); do
+      MW_PORT=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1)
+      [ -n "$MW_PORT" ] && return 0
+      kill -0 "$MW_PID" 2>/dev/null || break
+      sleep 0.05
+    done
+    echo "run.sh: moonwire did not start:" >&2; cat "$log" >&2; exit 1
+  }
+
+  # start_nchan DIR CONF [REDIS_URL] -> NGX_PID (master), NGX_PIDS (master,
+  # worker), NGX_PORT. nginx in the foreground, its prefix and pid in DIR.
+  start_nchan() {
+    local dir=$1 conf=$2 url=${3:-}
+    mkdir -p "$dir"
+    NGX_PORT=$(free_port)
+    sed -e "s#@PORT@#$NGX_PORT#g; s#@PREFIX@#$dir#g; s#@MODULE@#$NCHAN_SO#g" \
+        -e "s#@USER@#$NGX_USER#g; s#@REDIS_URL@#$url#g" "$conf" >"$dir/nginx.conf"
+    "${PIN0[@]}" "$NGINX" -p "$dir" -c "$dir/nginx.conf" \
+      -g "daemon off; pid $dir/nginx.pid; error_log $dir/error.log;" 2>>"$dir/error.log" &
+    NGX_PID=$!
+    PEER_PIDS+=("$NGX_PID")
+    for _ in $(seq 100); do
+      if port_open "$NGX_PORT" && [ -n "$(children "$NGX_PID")" ]; then
+        NGX_PIDS="$NGX_PID,$(children "$NGX_PID")"
+        return 0
+      fi
+      kill -0 "$NGX_PID" 2>/dev/null || break
+      sleep 0.05
+    done
+    echo "run.sh: nginx did not start:" >&2; cat "$dir/error.log" >&2; exit 1
+  }
+
+  stop_all() {
+    local p
+    for p in "${PEER_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${PEER_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    PEER_PIDS=()
+  }
+
+  # Error lines in the servers' logs during a run (nginx: [error] and worse;
+  # moonwire: error/warn lines). nchan's notices about deprecated directive
+  # names are not errors.
+  log_errors() {
+    cat "$@" 2>/dev/null | grep -E '\[(error|crit|alert|emerg)\]| (error|warn) ' |
+      grep -v 'is discouraged in favor of' || true
+  }
+
+  NSUBS=${PEER_SUBS:-1000}
+  NEVENTS=${PEER_EVENTS:-2000}
+  # layout target storage nodes
+  SCENARIOS=(
+    "single moonwire memory 1"
+    "single nchan memory 1"
+    "single moonwire redis 1"
+    "single nchan redis 1"
+    "cross moonwire redis 2"
+    "cross nchan redis 2"
+  )
+  RUNS_FILE=$RESULTS_DIR/peers_runs.jsonl
+  : >"$RUNS_FILE"
+  LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+  FAILED=0
+  # Interleaved (every scenario once, RUNS times) so that a noisy moment on
+  # the machine does not land on one scenario only. Fresh servers (and a
+  # fresh Redis) for every run.
+  for run in $(seq "$RUNS"); do
+    for sc in "${SCENARIOS[@]}"; do
+      read -r layout target storage nodes <<<"$sc"
+      d=$TMP/peer-$layout-$target-$storage-$run
+      mkdir -p "$d"
+      aux=() redis_url=
+      if [ "$storage" = redis ]; then
+        start_redis "$d"
+        redis_url=redis://127.0.0.1:$REDIS_PORT
+        aux=(--aux-pid "$REDIS_PID")
+      fi
+      logs=()
+      if [ "$target" = moonwire ]; then
+        st=(--storage memory)
+        [ "$storage" = redis ] && st=(--storage redis --redis "$redis_url")
+        start_mw "$d/a.log" "${st[@]}"
+        pids=$MW_PID port=$MW_PORT pub_port=$MW_PORT
+        logs+=("$d/a.log")
+        if [ "$nodes" = 2 ]; then
+          start_mw "$d/b.log" "${st[@]}"
+          pids="$pids,$MW_PID" port=$MW_PORT
+          logs+=("$d/b.log")
+        fi
+      else
+        conf=$ROOT/bench/peers/nchan.conf
+        [ "$storage" = redis ] && conf=$ROOT/bench/peers/nchan_redis.conf
+        start_nchan "$d/a" "$conf" "$redis_url"
+        pids=$NGX_PIDS port=$NGX_PORT pub_port=$NGX_PORT
+        logs+=("$d/a/error.log")
+        if [ "$nodes" = 2 ]; then
+          start_nchan "$d/b" "$conf" "$redis_url"
+          pids="$pids,$NGX_PIDS" port=$NGX_PORT
+          logs+=("$d/b/error.log")
+        fi
+      fi
+      out=$d/run.json
+      rc=0
+      "${PIN1[@]}" "$LOADGEN" --target "$target" --port "$port" --pub-port "$pub_port" \
+        --subs "$NSUBS" --events "$NEVENTS" --window 32 --pad 100 \
+        --topic "peer-$run" --server-pid "$pids" "${aux[@]}" --deadline 120 \
+        --json "$out" --quiet || rc=$?
+      for p in ${pids//,/ }; do
+        kill -0 "$p" 2>/dev/null || { echo "run.sh: $sc: server process $p exited" >&2; rc=1; }
+      done
+      stop_all
+      log_errors "${logs[@]}" >"$d/log_errors.txt"
+      if [ ! -s "$out" ]; then
+        echo "run.sh: $sc run $run: no result (exit $rc)" >&2
+        FAILED=1
+        continue
+      fi
+      [ "$rc" = 0 ] || FAILED=1
+      "$PY" - "$out" "$layout" "$storage" "$nodes" "$run" "$rc" "$d/log_errors.txt" \
+        "$LOAD0" >>"$RUNS_FILE" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+errs = [l.rstrip("\n") for l in open(sys.argv[7]) if l.strip()]
+d.update(layout=sys.argv[2], storage=sys.argv[3], nodes=int(sys.argv[4]),
+         run=int(sys.argv[5]), exit=int(sys.argv[6]), server_log_errors=len(errs),
+         server_log_first_errors=[e[-300:] for e in errs[:3]],
+         loadavg_at_start=sys.argv[8])
+print(json.dumps(d, sort_keys=True))
+EOF
+      tail -1 "$RUNS_FILE" | "$PY" -c '
+import json, sys
+d = json.loads(sys.stdin.read()); l = d["latency_us"]
+print("%6s %8s %6s run %d: %9.0f deliveries/s, %.2f server CPU-us/delivery, "
+      "p50 %.1f ms p99 %.1f ms, loss %d, log errors %d%s" % (
+      d["layout"], d["target"], d["storage"], d["run"], d["deliveries_per_s"],
+      d["server_cpu_us_per_delivery"], l["p50"] / 1000, l["p99"] / 1000, d["loss"],
+      d["server_log_errors"], "" if d["ok"] else "  NOT OK: " + d["error"]))' >&2
+    done
+  done
+
+  "$PY" - "$RESULTS_DIR" "$ROOT/docs/benchmarks.md" "$RUNS" "$LOAD0" <<'EOF'
+import json, os, platform, re, statistics, subprocess, sys, time
+
+results, doc, runs, load0 = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+lines = [json.loads(l) for l in open(os.path.join(results, "peers_runs.jsonl")) if l.strip()]
+
+def pkg(name):
+    try:
+        return subprocess.run(["dpkg-query", "-W", "-f=${Version}", name],
+                              capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
+model = "unknown"
+for l in open("/proc/cpuinfo"):
+    if l.startswith("model name"):
+        model = l.split(":", 1)[1].strip()
+        break
+try:
+    git = ["git", "-C", os.path.dirname(doc)]
+    rev = subprocess.run(git + ["rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True).stdout.strip()
+    if rev and subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"],
+                              capture_output=True, text=True).stdout.strip():
+        rev += " + uncommitted changes"
+except OSError:
+    rev = ""
+machine = {"nproc": os.cpu_count(), "cpu": model, "kernel": platform.release(),
+           "date": time.strftime("%Y-%m-%d"), "commit": rev, "runs": runs,
+           "nginx": pkg("nginx-light"), "nchan": pkg("libnginx-mod-nchan"),
+           "redis": pkg("redis-server"), "loadavg_at_start": load0}
+
+def med(v):
+    return statistics.median(v) if v else 0
+
+groups = {}
+for d in lines:
+    groups.setdefault((d["layout"], d["target"], d["storage"]), []).append(d)
+summary = []
+for (layout, target, storage), ds in groups.items():
+    def m(f):
+        return med([f(d) for d in ds])
+    summary.append({
+        "layout": layout, "target": target, "storage": storage,
+        "nodes": ds[0]["nodes"], "runs": len(ds),
+        "subscribers": ds[0]["subscribers"], "events": ds[0]["events"],
+        "deliveries_expected": ds[0]["deliveries_expected"],
+        "deliveries_per_s": m(lambda d: d["deliveries_per_s"]),
+        "publishes_per_s": m(lambda d: d["events_per_s"]),
+        "duration_s": m(lambda d: d["duration_s"]),
+        "server_cpu_us_per_delivery": m(lambda d: d["server_cpu_us_per_delivery"]),
+        "server_busy": m(lambda d: d["server_cpu_s"] / d["duration_s"] if d["duration_s"] else 0),
+        "server_kernel_share": m(lambda d: d["server_sys_s"] / d["server_cpu_s"] if d["server_cpu_s"] else 0),
+        "redis_cpu_us_per_delivery": m(lambda d: d["aux_cpu_us_per_delivery"]),
+        "loadgen_cpu_us_per_delivery": m(lambda d: d["loadgen_cpu_s"] * 1e6 / d["deliveries_received"]
+                                         if d["deliveries_received"] else 0),
+        "loadgen_busy": m(lambda d: d["loadgen_cpu_s"] / d["duration_s"] if d["duration_s"] else 0),
+        "loadgen_cpu_share": m(lambda d: d["loadgen_cpu_share"]),
+        "p50_us": m(lambda d: d["latency_us"]["p50"]),
+        "p99_us": m(lambda d: d["latency_us"]["p99"]),
+        "server_rss_kb_end": m(lambda d: d["server_rss_kb_end"]),
+        "loss_max": max(d["loss"] for d in ds),
+        "duplicates_max": max(d["duplicates"] for d in ds),
+        "publish_errors_max": max(d["publish_errors"] for d in ds),
+        "all_ok": all(d["ok"] for d in ds),
+        "server_log_errors": [d["server_log_errors"] for d in ds],
+        "server_log_first_errors": sorted({e for d in ds for e in d["server_log_first_errors"]})[:3],
+    })
+order = [("single", "memory"), ("single", "redis"), ("cross", "redis")]
+summary.sort(key=lambda s: (order.index((s["layout"], s["storage"])), s["target"] != "moonwire"))
+with open(os.path.join(results, "peers_summary.json"), "w") as f:
+    json.dump({"machine": machine, "peers": summary}, f, indent=1, sort_keys=True)
+    f.write("\n")
+
+def fmt_us(v):
+    return f"{v/1000:,.1f} ms" if v >= 10000 else f"{v:,.0f} µs"
+
+def row(s, what):
+    flag = "" if s["all_ok"] else " ⚠"
+    errs = sum(s["server_log_errors"])
+    redis = f"{s['redis_cpu_us_per_delivery']:.2f}" if s["storage"] == "redis" else "—"
+    return (f"| {what} | {s['deliveries_per_s']:,.0f} | {s['publishes_per_s']:,.0f} | "
+            f"{s['server_cpu_us_per_delivery']:.2f} | {s['server_busy']:.0%} | {redis} | "
+            f"{s['loadgen_cpu_us_per_delivery']:.2f} ({s['loadgen_busy']:.0%}) | "
+            f"{fmt_us(s['p50_us'])} | {fmt_us(s['p99_us'])} | {s['loss_max']}{flag} | {errs} |")
+
+head = ["| server | deliveries/s | publishes/s (answered) | server CPU-µs per delivery | server CPU / wall | Redis CPU-µs per delivery | loadgen CPU-µs per delivery (core 1 busy) | p50 | p99 | loss | error lines in logs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+names = {("single", "moonwire", "memory"): "moonwire `--workers 1`, memory",
+         ("single", "nchan", "memory"): "nchan, 1 worker, memory",
+         ("single", "moonwire", "redis"): "moonwire `--workers 1`, `--storage redis`",
+         ("single", "nchan", "redis"): "nchan, 1 worker, Redis",
+         ("cross", "moonwire", "redis"): "moonwire: node A (publish) + node B (subscribers)",
+         ("cross", "nchan", "redis"): "nchan: nginx A (publish) + nginx B (subscribers)"}
+single = head + [row(s, names[(s["layout"], s["target"], s["storage"])])
+                 for s in summary if s["layout"] == "single"]
+cross = head + [row(s, names[(s["layout"], s["target"], s["storage"])])
+                for s in summary if s["layout"] == "cross"]
+mach = (f"- CPU: {model}, {machine['nproc']} cores; Linux {machine['kernel']}; "
+        f"nginx-light {machine['nginx']}, libnginx-mod-nchan {machine['nchan']}, "
+        f"redis-server {machine['redis']}\n"
+        f"- {lines[0]['subscribers']:,} subscribers × {lines[0]['events']:,} events "
+        f"(100-byte data, 32 publishes in flight); servers and Redis pinned to core 0, "
+        f"load generator to core 1\n"
+        f"- median of {runs} runs; measured {machine['date']}"
+        + (f" at commit {rev}" if rev else "") + f"; load average at the start: {load0}")
+text = open(doc).read()
+for name, body in (("peers_machine", mach), ("peers_single", "\n".join(single)),
+                   ("peers_cross", "\n".join(cross))):
+    pat = re.compile(r"(<!-- BEGIN %s -->\n).*?(<!-- END %s -->)" % (name, name), re.S)
+    if not pat.search(text):
+        sys.exit(f"run.sh: {doc} has no BEGIN/END {name} markers")
+    text = pat.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+open(doc, "w").write(text)
+print(f"run.sh: wrote {results}/peers_summary.json and the peer tables in {doc}", file=sys.stderr)
+EOF
+  if [ "$FAILED" != 0 ]; then
+    echo "run.sh --peers: some runs lost events or failed (see above)" >&2
+    exit 1
+  fi
+  exit 0
+fi
 
 POLICIES=(none deliver_passthrough deliver_tenant deliver_redact)
 tenants_for() { [ "$1" = deliver_tenant ] && echo 2 || echo 0; }

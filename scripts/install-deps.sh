@@ -7,6 +7,8 @@ PACKAGES=(
   libuv1-dev libwslay-dev libluajit2-5.1-dev libmsgpack-dev libhiredis-dev
   libcmocka-dev node-llhttp libssl-dev libjansson-dev uthash-dev
   redis-server python3 python3-websockets python3-msgpack
+  nginx-light libnginx-mod-nchan
+  nodejs chromium
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
