@@ -9,7 +9,7 @@
 #                          exit 0 only if nothing was lost
 #   bench/run.sh --peers   moonwire vs nchan (nginx-light + libnginx-mod-nchan,
 #                          installed through scripts/install-deps.sh when
-#                          missing; ~3-4 minutes): one node (memory, Redis)
+#                          missing; ~3 minutes): one node (memory, Redis)
 #                          and two nodes on one Redis, 1,000 subscribers x
 #                          2,000 events, RUNS runs each (medians); writes
 #                          bench/results/peers_*.json and the peer tables in
