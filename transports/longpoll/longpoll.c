@@ -231,6 +231,17 @@ static void lp_answer(lp_poll_t *poll) {
   const mw_host_v1_t *host = poll->host;
   char extra[LP_CORS_LEN + 64];
   lp_headers(poll, extra, sizeof extra, 0);
+  for (size_t i = 0; i < poll->topics.n; i++) {
+    if (!poll->topics.t[i].failed) continue;
+    /* The replay could not run (storage unavailable, a node draining): the
+     * client polls again with the same cursor. */
+    size_t n = strlen(extra);
+    snprintf(extra + n, sizeof extra - n, "Retry-After: 1\r\n");
+    host->http_respond(poll->req, 503, "application/json", extra,
+                       "{\"error\":\"storage unavailable\"}", 31);
+    lp_finish(poll);
+    return;
+  }
   size_t len = 0;
   char *body = lp_body(poll, &len);
   if (body) {
@@ -318,7 +329,7 @@ static void lp_recover_cb(int status, const char *topic, int recovered,
   if (!poll->done) {
     tp_topic_t *t = &poll->topics.t[ctx->index];
     tp_recovered(t, status, recovered, seq, epoch);
-    if (t->unrecovered) lp_soon(poll, 0); /* tell the client now */
+    if (t->unrecovered || t->failed) lp_soon(poll, 0); /* tell the client now */
   }
   lp_unref(poll);
 }
@@ -512,7 +523,7 @@ static void lp_route(mw_http_request_t *req, void *wstate) {
   } else {
     int unrecovered = 0;
     for (size_t i = 0; i < poll->topics.n; i++)
-      unrecovered |= poll->topics.t[i].unrecovered;
+      unrecovered |= poll->topics.t[i].unrecovered | poll->topics.t[i].failed;
     if (poll->full || poll->kicked)
       lp_soon(poll, 1);
     else if (poll->nevs || unrecovered)

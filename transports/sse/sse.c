@@ -218,7 +218,11 @@ static void sse_recover_cb(int status, const char *topic, int recovered,
   sse_stream_t *s = ctx->s;
   tp_topic_t *t = &s->topics.t[ctx->index];
   tp_recovered(t, status, recovered, seq, epoch);
-  if (status != MW_ECANCELED && t->unrecovered && sse_writable(s)) {
+  if (t->failed && sse_writable(s)) {
+    /* The replay could not run (e.g. storage unavailable, a node draining):
+     * end the stream; EventSource comes back with its Last-Event-ID. */
+    s->host->conn_close(s->conn);
+  } else if (status != MW_ECANCELED && t->unrecovered && sse_writable(s)) {
     json_t *msg = json_pack("{s:s,s:s,s:b,s:I,s:s}", "type", "recovery",
                             "topic", t->name, "recovered", 0, "seq",
                             (json_int_t)t->base_seq, "epoch", t->base_epoch);

@@ -151,7 +151,7 @@ void tp_recovered(tp_topic_t *t, int status, int recovered, uint64_t seq,
                   const char *epoch) {
   if (status == MW_ECANCELED) return;
   if (status != 0) {
-    t->unrecovered = 1; /* e.g. storage unavailable: live only */
+    t->failed = 1; /* e.g. storage unavailable: retry later, same position */
     return;
   }
   if (recovered) {

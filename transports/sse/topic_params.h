@@ -23,7 +23,9 @@ typedef struct tp_topic {
   int pinned; /* long-poll cap: the cursor says exactly pin_* */
   uint64_t pin_seq;
   char pin_epoch[TP_EPOCH_LEN];
-  int unrecovered; /* the recovery reported recovered:false or failed */
+  int unrecovered; /* the recovery reported recovered:false */
+  int failed;      /* the recovery could not run (storage unavailable):
+                      the client should retry from the same position */
   int refused;     /* the subscription was refused: not in cursors */
 } tp_topic_t;
 

@@ -67,7 +67,11 @@ for (const [transport, sig] of [['websocket', 'SIGTERM'], ['websocket', 'SIGKILL
           }
           if (i === SWITCH_AT) {
             // events KILL_AT+1..SWITCH_AT were published while the client had no node
-            await waitFor(() => states.slice(statesAtKill).includes('reconnecting'), { what: 'the client reconnecting' });
+            // The client has no node now: it is reconnecting, or (long-poll
+            // after a drain answered its poll) its next poll waits at the
+            // balancer, which holds new connections.
+            await waitFor(() => states.slice(statesAtKill).includes('reconnecting') ||
+                (proxy.held && proxy.held.length > 0), { what: 'the client without a node' });
             proxy.switchTo(b.port);
             proxy.release();
           }
@@ -81,7 +85,11 @@ for (const [transport, sig] of [['websocket', 'SIGTERM'], ['websocket', 'SIGKILL
         await waitFor(() => got.length >= N, { timeout: 20000, what: `all ${N} events (${got.length}: ...${got.slice(-5)})` });
         assert.deepEqual(published, range(1, N), 'the API answers: seqs 1..N');
         assert.deepEqual(got, published, 'every event once, in seq order');
-        assert.ok(states.includes('reconnecting'), JSON.stringify(states));
+        // A drained long-poll may move on with its next poll, held by the
+        // balancer, without ever being in error: no "reconnecting" then.
+        if (!(transport === 'longpoll' && sig === 'SIGTERM')) {
+          assert.ok(states.includes('reconnecting'), JSON.stringify(states));
+        }
         assert.equal(c.state, 'open');
         assert.equal(c.transport, transport);
         assert.ok(recoveries.every((r) => r.recovered !== false), `no recovered:false: ${JSON.stringify(recoveries)}`);
