@@ -1642,7 +1642,7 @@ int64_t mw__policy_tenant_max_connections(const mw_policy_t *p,
   return t ? t->max_connections : 0;
 }
 
-/* 1 if `tenant` has rules with a transform function (added by the lead). */
+/* 1 if `tenant` has rules with a transform function. */
 int mw__policy_tenant_has_transform(const mw_policy_t *p, const char *tenant) {
   tenant_t *t = tenant ? tenant_find(p->s, tenant) : NULL;
   return t && t->transform != LUA_NOREF;
