@@ -1,7 +1,7 @@
 /* Positions in several topics at once, as one opaque string: the SSE event
  * id (Last-Event-ID) and the long-poll cursor. Part of mw_codec (linked into
- * the core and the plugins that need it). Written by the SSE/long-poll work:
- * see cursor.c for the format. */
+ * the core and the plugins that need it). The format is described in
+ * cursor.c and docs/protocol.md. */
 #ifndef MW_CURSOR_H
 #define MW_CURSOR_H
 
