@@ -108,6 +108,12 @@ static void lp_ref(lp_poll_t *poll) {
   poll->refs++;
 }
 
+/* Drops a reference taken for a callback that will not fire; the caller
+ * holds another one, so this never frees. */
+static void lp_unref_held(lp_poll_t *poll) {
+  poll->refs--;
+}
+
 static void lp_unref(lp_poll_t *poll) {
   if (--poll->refs > 0) return;
   for (size_t i = 0; i < poll->nevs; i++)
@@ -397,7 +403,7 @@ static int lp_subscribe_all(lp_poll_t *poll, mw_worker_t *w, size_t *bad,
     lp_ref(poll);
     if (host->topic_position(w, poll->topics.t[i].name, lp_position_cb,
                              &poll->ctx[i]) != 0)
-      lp_unref(poll);
+      lp_unref_held(poll);
   }
   for (size_t i = 0; i < poll->topics.n; i++) {
     tp_topic_t *t = &poll->topics.t[i];
@@ -407,7 +413,7 @@ static int lp_subscribe_all(lp_poll_t *poll, mw_worker_t *w, size_t *bad,
       rc = host->subscribe_since(poll->client, t->name, t->base_seq,
                                  t->base_epoch[0] ? t->base_epoch : NULL,
                                  lp_recover_cb, &poll->ctx[i]);
-      if (rc) lp_unref(poll);
+      if (rc) lp_unref_held(poll);
     } else {
       rc = host->subscribe(poll->client, t->name);
     }

@@ -105,6 +105,12 @@ static void sse_ref(sse_stream_t *s) {
   s->refs++;
 }
 
+/* Drops a reference taken for a callback that will not fire; the caller
+ * holds another one, so this never frees. */
+static void sse_unref_held(sse_stream_t *s) {
+  s->refs--;
+}
+
 static void sse_unref(sse_stream_t *s) {
   if (--s->refs > 0) return;
   tp_free(&s->topics);
@@ -323,7 +329,7 @@ static void sse_subscribe_all(sse_stream_t *s, mw_worker_t *w) {
     if (host->topic_position(w, s->topics.t[i].name, sse_position_cb,
                              &s->ctx[i]) != 0) {
       s->pending_positions--;
-      sse_unref(s);
+      sse_unref_held(s);
     }
   }
   for (size_t i = 0; i < s->topics.n && s->client && sse_writable(s); i++) {
@@ -334,7 +340,7 @@ static void sse_subscribe_all(sse_stream_t *s, mw_worker_t *w) {
       rc = host->subscribe_since(s->client, t->name, t->base_seq,
                                  t->base_epoch[0] ? t->base_epoch : NULL,
                                  sse_recover_cb, &s->ctx[i]);
-      if (rc) sse_unref(s);
+      if (rc) sse_unref_held(s);
     } else {
       rc = host->subscribe(s->client, t->name);
     }
