@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
 # Installs the Debian packages moonwire needs to build, run and test.
+# `install-deps.sh build` installs only what building and running need;
+# without an argument, also what the tests and benchmarks need.
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
 PACKAGES=(
   cmake gcc make pkg-config
   libuv1-dev libwslay-dev libluajit2-5.1-dev libmsgpack-dev libhiredis-dev
   libcmocka-dev node-llhttp libssl-dev libjansson-dev uthash-dev
-  redis-server python3 python3-websockets python3-msgpack
-  nginx-light libnginx-mod-nchan
-  nodejs chromium
 )
+if [ "${1:-all}" != "build" ]; then
+  PACKAGES+=(
+    redis-server python3 python3-websockets python3-msgpack
+    nginx-light libnginx-mod-nchan
+    nodejs chromium
+  )
+fi
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 # npm: NodeSource's nodejs ships it; Debian's nodejs needs the npm package.
-if ! command -v npm >/dev/null 2>&1; then missing+=(npm); fi
+if [ "${1:-all}" != "build" ] && ! command -v npm >/dev/null 2>&1; then
+  missing+=(npm)
+fi
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
