@@ -1,6 +1,9 @@
 /* Test plugin: built for ABI 2.0 (a major this moonwire does not speak). */
 #include "moonwire/plugin.h"
 
+/* Stays a refusal if the host's major ever becomes 2. */
+_Static_assert(MW_ABI_MAJOR != 2, "bad_major must not match the host's major");
+
 static int bad_init(const mw_host_v1_t *host, mw_plugin_handle_t *self,
                     void **state) {
   return 0;

@@ -1,6 +1,12 @@
 /* Test plugin: declares a struct_size smaller than the ABI 1.0 minimum. */
 #include "moonwire/plugin.h"
 
+#include <stddef.h>
+
+/* Stays below the v1.0 minimum whatever the struct grows to. */
+_Static_assert(16 < offsetof(mw_plugin_v1_t, storage) + sizeof(void *),
+               "short_struct must stay shorter than ABI 1.0 needs");
+
 static int bad_init(const mw_host_v1_t *host, mw_plugin_handle_t *self,
                     void **state) {
   return 0;

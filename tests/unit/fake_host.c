@@ -5,8 +5,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <setjmp.h>
+#include <cmocka.h>
 
 fake_state_t fake;
+
+/* In the real host a connection is freed once its on_close ran: a plugin
+ * that touches it afterwards is a use-after-free. The fake fails the test. */
+static void fake_assert_alive(const mw_conn_t *c, const char *op) {
+  if (c->close_fired)
+    fail_msg("plugin called %s on a connection after its on_close", op);
+}
 
 struct mw_worker {
   uv_loop_t *loop;
@@ -206,6 +215,7 @@ static mw_conn_t *h_http_take(mw_http_request_t *r, const char *head,
 
 /* 0, or MW_ELIMIT (on_overflow ran) / MW_ECLOSED. */
 static int fake_check(mw_conn_t *c, size_t n, int force) {
+  fake_assert_alive(c, "a write");
   if (c->closed) return MW_ECLOSED;
   if (force || !c->cap) return 0;
   if (c->overflows) return MW_ELIMIT;
@@ -243,6 +253,7 @@ static size_t h_conn_queued(const mw_conn_t *c) {
 }
 
 static void h_conn_close(mw_conn_t *c) {
+  fake_assert_alive(c, "conn_close");
   if (c->closed) return;
   c->closed = 1;
   if (fake.sync_close) fake_conn_fire_close(c);
