@@ -86,6 +86,7 @@ static void on_handle_closed(uv_handle_t *h) {
   for (size_t i = 0; i < c->qcount; i++)
     release_out(&c->q[(c->qhead + i) % c->qcap]);
   free(c->q);
+  c->worker->outbound_bytes -= c->queued;
   if (c->dirty) mw__list_remove(&c->dirty_link);
   mw__list_remove(&c->link);
   c->worker->conn_count--;
@@ -242,6 +243,7 @@ int mw__conn_write(mw_conn_t *c, const void *data, size_t len, int force) {
   if (rc) return rc;
   push_copy(c, data, len);
   c->queued += len;
+  c->worker->outbound_bytes += len;
   mark_dirty(c);
   return 0;
 }
@@ -264,6 +266,7 @@ int mw__conn_write_event(mw_conn_t *c, const void *prefix, size_t plen,
   o->ev = mw_event_ref(ev);
   push_copy(c, suffix, slen);
   c->queued += len;
+  c->worker->outbound_bytes += len;
   mark_dirty(c);
   return 0;
 }
@@ -284,6 +287,7 @@ static void on_write(uv_write_t *req, int status) {
   c->ninflight = 0;
   c->writing = 0;
   c->queued -= bytes;
+  c->worker->outbound_bytes -= bytes;
   if (status < 0) {
     if (status != UV_ECANCELED) mw__conn_close(c);
     if (c->closing) finish_close(c);
@@ -325,6 +329,7 @@ static void start_write(mw_conn_t *c) {
     }
     c->ninflight = 0;
     c->queued -= bytes;
+    c->worker->outbound_bytes -= bytes;
     c->writing = 0;
     mw__conn_close(c);
     finish_close(c);

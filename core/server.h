@@ -41,6 +41,7 @@ struct mw_worker {
   mw_link_t clients;      /* every mw_client_t of this loop */
   mw_link_t dirty;        /* connections with writes to flush */
   size_t conn_count;
+  size_t outbound_bytes;  /* sum of every connection's queued bytes */
   int draining;
   int stopping;
   char *read_buf;         /* one read buffer per loop */
