@@ -14,10 +14,23 @@
 #                          2,000 events, RUNS runs each (medians); writes
 #                          bench/results/peers_*.json and the peer tables in
 #                          docs/benchmarks.md (not the other tables)
+#   bench/run.sh --compare moonwire vs nchan vs FastAPI (bench/peers/
+#                          fastapi_server.py), issue 7's scenarios: a fan-out
+#                          1k/10k WS, b many topics, c paced latency, d idle
+#                          memory (WS, SSE), e connection churn, g --workers
+#                          1 vs 2 (moonwire); RUNS runs each (medians), each
+#                          scenario under a minute per run (~25 minutes in
+#                          all); writes bench/results/compare_*.json, the
+#                          tables and the issue 7 targets in
+#                          docs/benchmarks.md and the plots in docs/img/
+#   bench/run.sh --plots   only redraws docs/img/*.png from bench/results
+#   bench/run.sh --all     the default run, then --peers, then --compare
 #
 # Environment: BUILD_DIR (default <repo>/build-bench), WORKERS (server event
 # loops, default 1: the server gets one core), RUNS (default 3),
-# RESULTS_DIR (default <repo>/bench/results), SKIP_BUILD=1.
+# RESULTS_DIR (default <repo>/bench/results), SKIP_BUILD=1,
+# ONLY=a,c,... (--compare: these scenarios only; the tables of the others
+# stay as they are).
 #
 # The server runs pinned to core 0 and the load generator to core 1 when
 # taskset exists. Only loopback traffic.
@@ -28,17 +41,32 @@ PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
 SMOKE=0
 PEERS=0
+COMPARE=0
+PLOTS=0
 for a in "$@"; do
   case "$a" in
     --smoke) SMOKE=1 ;;
     --peers) PEERS=1 ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    --compare) COMPARE=1 ;;
+    --plots) PLOTS=1 ;;
+    --all)
+      # one build, then the three runs in turn
+      "$0" && SKIP_BUILD=1 "$0" --peers && SKIP_BUILD=1 "$0" --compare
+      exit $? ;;
+    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument '$a' (try --help)" >&2; exit 2 ;;
   esac
 done
-if [ "$SMOKE" = 1 ] && [ "$PEERS" = 1 ]; then
-  echo "run.sh: --smoke and --peers do not go together" >&2
+if [ $((SMOKE + PEERS + COMPARE + PLOTS)) -gt 1 ]; then
+  echo "run.sh: --smoke, --peers, --compare and --plots do not go together" >&2
   exit 2
+fi
+if [ "$PLOTS" = 1 ]; then
+  command -v gnuplot >/dev/null || { echo "run.sh --plots: no gnuplot (gnuplot-nox)" >&2; exit 1; }
+  mkdir -p "$ROOT/docs/img"
+  gnuplot -e "dir='${RESULTS_DIR:-$ROOT/bench/results}'; img='$ROOT/docs/img'" "$ROOT/bench/plots.gp"
+  echo "run.sh: drew docs/img/*.png" >&2
+  exit 0
 fi
 
 BUILD_DIR=${BUILD_DIR:-$ROOT/build-bench}
@@ -61,15 +89,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# --peers needs nginx with the nchan module (Debian packages) and Redis.
-if [ "$PEERS" = 1 ]; then
+# --peers and --compare need nginx with the nchan module (Debian packages),
+# Redis, FastAPI + uvicorn (Debian's, for /usr/bin/python3) and gnuplot.
+if [ "$PEERS" = 1 ] || [ "$COMPARE" = 1 ]; then
   missing=
-  for p in nginx-light libnginx-mod-nchan redis-server; do
+  for p in nginx-light libnginx-mod-nchan redis-server python3-fastapi python3-uvicorn \
+           gnuplot-nox; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
       missing="$missing $p"
   done
   if [ -n "$missing" ]; then
-    echo "run.sh --peers: missing:$missing; running scripts/install-deps.sh" >&2
+    echo "run.sh: missing:$missing; running scripts/install-deps.sh" >&2
     "$ROOT/scripts/install-deps.sh"
   fi
 fi
@@ -81,6 +111,14 @@ else
   RESULTS_DIR=${RESULTS_DIR:-$ROOT/bench/results}
 fi
 mkdir -p "$RESULTS_DIR"
+
+# 10,000-18,000 connections: the load generator and each server hold one
+# descriptor per connection. Raise the soft limit to the hard one (and the
+# hard one, when allowed); the servers inherit it.
+ulimit -Hn 65536 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+[ "$NOFILE" = unlimited ] && NOFILE=65536
 
 PIN0=() PIN1=()
 if command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -ge 2 ]; then
@@ -136,8 +174,8 @@ stop_server() {
   SERVER_PID=
 }
 
-# ---- --peers: moonwire vs nchan (docs/benchmarks.md, "moonwire vs nchan") ----
-if [ "$PEERS" = 1 ]; then
+# ---- --peers / --compare: servers other than the policy runs' ----
+if [ "$PEERS" = 1 ] || [ "$COMPARE" = 1 ]; then
   NGINX=$(command -v nginx || echo /usr/sbin/nginx)
   NCHAN_SO=$(dpkg -L libnginx-mod-nchan 2>/dev/null | grep '/ngx_nchan_module\.so$' | head -1)
   NCHAN_SO=${NCHAN_SO:-/usr/lib/nginx/modules/ngx_nchan_module.so}
@@ -172,7 +210,7 @@ if [ "$PEERS" = 1 ]; then
   # start_mw LOG [moonwire args...] -> MW_PID MW_PORT
   start_mw() {
     local log=$1; shift
-    "${PIN0[@]}" "$MOONWIRE" --listen 127.0.0.1:0 --workers 1 \
+    "${PIN0[@]}" "$MOONWIRE" --listen 127.0.0.1:0 --workers "${MW_WORKERS:-1}" \
       --policy "$ROOT/bench/policies/none.lua" "$@" 2>"$log" &
     MW_PID=$!
     PEER_PIDS+=("$MW_PID")
@@ -193,7 +231,8 @@ if [ "$PEERS" = 1 ]; then
     mkdir -p "$dir"
     NGX_PORT=$(free_port)
     sed -e "s#@PORT@#$NGX_PORT#g; s#@PREFIX@#$dir#g; s#@MODULE@#$NCHAN_SO#g" \
-        -e "s#@USER@#$NGX_USER#g; s#@REDIS_URL@#$url#g" "$conf" >"$dir/nginx.conf"
+        -e "s#@USER@#$NGX_USER#g; s#@REDIS_URL@#$url#g; s#@NOFILE@#$NOFILE#g" \
+        "$conf" >"$dir/nginx.conf"
     "${PIN0[@]}" "$NGINX" -p "$dir" -c "$dir/nginx.conf" \
       -g "daemon off; pid $dir/nginx.pid; error_log $dir/error.log;" 2>>"$dir/error.log" &
     NGX_PID=$!
@@ -209,6 +248,23 @@ if [ "$PEERS" = 1 ]; then
     echo "run.sh: nginx did not start:" >&2; cat "$dir/error.log" >&2; exit 1
   }
 
+  # start_fastapi LOG -> FA_PID FA_PORT: bench/peers/fastapi_server.py, one
+  # uvicorn process (Debian's python3: the packages are not on other
+  # interpreters' paths).
+  start_fastapi() {
+    FA_PORT=$(free_port)
+    "${PIN0[@]}" /usr/bin/python3 "$ROOT/bench/peers/fastapi_server.py" \
+      --port "$FA_PORT" 2>"$1" &
+    FA_PID=$!
+    PEER_PIDS+=("$FA_PID")
+    for _ in $(seq 200); do
+      port_open "$FA_PORT" && return 0
+      kill -0 "$FA_PID" 2>/dev/null || break
+      sleep 0.05
+    done
+    echo "run.sh: the FastAPI peer did not start:" >&2; cat "$1" >&2; exit 1
+  }
+
   stop_all() {
     local p
     for p in "${PEER_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
@@ -220,10 +276,15 @@ if [ "$PEERS" = 1 ]; then
   # moonwire: error/warn lines). nchan's notices about deprecated directive
   # names are not errors.
   log_errors() {
-    cat "$@" 2>/dev/null | grep -E '\[(error|crit|alert|emerg)\]| (error|warn) ' |
+    cat "$@" 2>/dev/null |
+      grep -E '\[(error|crit|alert|emerg)\]| (error|warn) |^(ERROR|WARNING|CRITICAL):|^Traceback' |
       grep -v 'is discouraged in favor of' || true
   }
 
+fi
+
+# ---- --peers: moonwire vs nchan (docs/benchmarks.md, "moonwire vs nchan") ----
+if [ "$PEERS" = 1 ]; then
   NSUBS=${PEER_SUBS:-1000}
   NEVENTS=${PEER_EVENTS:-2000}
   # layout target storage nodes
@@ -438,6 +499,12 @@ EOF
   exit 0
 fi
 
+# ---- --compare: issue 7's scenarios, moonwire vs nchan vs FastAPI ----
+if [ "$COMPARE" = 1 ]; then
+  . "$ROOT/bench/compare.sh"
+  exit $?
+fi
+
 POLICIES=(none deliver_passthrough deliver_tenant deliver_redact)
 tenants_for() { [ "$1" = deliver_tenant ] && echo 2 || echo 0; }
 
@@ -502,6 +569,22 @@ done
 
 if [ "$SMOKE" = 1 ]; then
   "$HOOKCOST" --iters 2000 --reps 1 --quiet --json "$RESULTS_DIR/hook_cost.json"
+  # The load generator's other modes (--compare's scenarios b, d, e), tiny,
+  # against moonwire only (no peer needed): each must exit 0.
+  start_server "$ROOT/bench/policies/none.lua" "$TMP/server-modes.log"
+  for args in "--subs 50 --group 10 --rates 100,200 --step-s 0.5" \
+              "--idle --subs 50 --settle-max 2" \
+              "--idle --transport sse --subs 50 --settle-max 2" \
+              "--subs 50 --churn-rates 50 --step-s 0.5 --settle-max 2 --src-addrs 4"; do
+    # shellcheck disable=SC2086 # word splitting of $args is intended
+    if ! "$LOADGEN" --port "$PORT" --server-pid "$SERVER_PID" --topic smoke --quiet \
+         --deadline 20 --json "$TMP/mode.json" $args; then
+      echo "run.sh --smoke: mw_loadgen $args failed:" >&2
+      cat "$TMP/mode.json" >&2 2>/dev/null || true
+      FAILED=1
+    fi
+  done
+  stop_server
   if [ "$FAILED" = 0 ]; then
     echo "run.sh --smoke: ok (no loss)" >&2
     exit 0

@@ -13,6 +13,7 @@ if [ "${1:-all}" != "build" ]; then
   PACKAGES+=(
     redis-server python3 python3-websockets python3-msgpack
     nginx-light libnginx-mod-nchan
+    python3-fastapi python3-uvicorn gnuplot-nox
     nodejs chromium
   )
 fi
