@@ -76,6 +76,13 @@
  * from /proc; its own CPU time comes from getrusage, so its share of the
  * machine is visible in every mode.
  *
+ * --overload 1 (moonwire fan-out on one topic): a 503 or 429 answer is the
+ * server pushing back, not an error: the event is counted as refused and
+ * owed to nobody, the publisher waits out Retry-After (1 s if absent, at
+ * most 5), and the run passes when every accepted event reached every
+ * subscriber in order (seq is checked on the publish answers: one per
+ * accepted publish).
+ *
  * Client frames are masked (RFC 6455 §5.3); server frames must not be.
  * Exit status: 0 when every expected event arrived once, in order, and every
  * publish succeeded (idle: every subscriber connected; churn: no failed
@@ -170,9 +177,10 @@ static struct {
   int src_addrs;
   double churn_pub_rate;
   int churn_max;    /* churn connections in flight at most */
+  int overload;     /* --overload 1: a 503/429 is push-back, not an error */
 } opt = {"127.0.0.1", 0, 1000, 2000, 32, 0, 200, 0, 100, 0, T_MOONWIRE, 0,
          NULL, "bench", 120, 5, 0, M_FANOUT, TR_WS, 0, 5, 5, 0, 20, 0, 200,
-         4000};
+         4000, 0};
 
 static double steps_rate[MAX_STEPS];
 static int n_steps;
@@ -198,6 +206,16 @@ static int64_t sent, answered, pub_ok, pub_err;
 static uint64_t pub_base = UINT64_MAX; /* topic seq before the first publish */
 static uint64_t pub_seq_bad;
 static uint64_t pub_no_subs; /* nchan: 202 (no subscriber on that node) */
+/* --overload: publishes refused with 503/429 (not stored, owed nowhere),
+ * and the end of the pause their Retry-After asked for */
+static int64_t pub_refused;
+static uint64_t pub_pause_until;
+/* --overload: when each event's 200 was read (0: not yet), and the
+ * accepted -> delivered latency in µs (a delivery read before its answer
+ * counts 0) */
+static uint64_t *acc_ns;
+static uint32_t *acc_lat;
+static size_t n_acc_lat, acc_lat_cap;
 static long peer_subs_seen = -1;
 static uint64_t t_pub_start, t_pub_done;
 static int publishing;
@@ -662,7 +680,9 @@ static void sub_event(conn_t *c, const char *p, size_t len, uint64_t now) {
     c->seq_bad++;
     return;
   }
-  if (has_seq && seq != c->base[k] + n + 1) c->seq_bad++;
+  /* --overload: refused events leave holes in n, so seq is checked by the
+   * publisher (one per accepted publish) and n only for order here */
+  if (has_seq && !opt.overload && seq != c->base[k] + n + 1) c->seq_bad++;
   int step = opt.tenants > 1 ? opt.tenants : 1;
   if (opt.tenants > 1 && (int)(n % (uint64_t)opt.tenants) != c->tenant) {
     c->foreign++;
@@ -672,13 +692,17 @@ static void sub_event(conn_t *c, const char *p, size_t len, uint64_t now) {
     c->dups++;
     return;
   }
-  if ((int64_t)n > c->next_n[k])
+  if ((int64_t)n > c->next_n[k] && !opt.overload)
     c->gaps += (uint64_t)(((int64_t)n - c->next_n[k]) / step);
   c->next_n[k] = (int64_t)n + step;
   c->ok++;
   deliveries++;
   last_delivery_ns = now;
   record_latency(now > ts ? now - ts : 0);
+  if (acc_ns && n < (uint64_t)opt.events && n_acc_lat < acc_lat_cap) {
+    uint64_t a = acc_ns[n];
+    acc_lat[n_acc_lat++] = (uint32_t)(a && now > a ? (now - a) / 1000 : 0);
+  }
 }
 
 /* Reads each held topic's seq from a subscribe ack:
@@ -1035,6 +1059,7 @@ static void pub_flush(void) {
  * then writes. */
 static void pub_pump_to(uint64_t now, int64_t limit) {
   if (!publishing || pub.fd < 0) return;
+  if (now < pub_pause_until) return; /* the server asked us to wait */
   int queued = 0;
   while (sent < limit && sent - answered < opt.window) {
     if (opt.rate > 0) {
@@ -1104,14 +1129,29 @@ static void pub_readable(void) {
       pub_ok++;
     } else if (status == 200 && opt.target == T_MOONWIRE) {
       pub_ok++;
-      /* one topic: its seq grows by one per publish (--group and churn
-       * publish to many topics: not checked here) */
+      if (acc_ns && answered < opt.events) acc_ns[answered] = now_ns();
+      /* one topic: its seq grows by one per accepted publish (--group and
+       * churn publish to many topics: not checked here) */
       if (!opt.group && opt.mode == M_FANOUT) {
         uint64_t seq = num_after(body, (size_t)clen, LIT("\"seq\":"));
-        if (pub_base == UINT64_MAX && seq != UINT64_MAX) pub_base = seq - 1;
-        if (seq == UINT64_MAX || seq != pub_base + (uint64_t)answered + 1)
+        if (pub_base == UINT64_MAX && seq != UINT64_MAX)
+          pub_base = seq - (uint64_t)pub_ok;
+        if (seq == UINT64_MAX || seq != pub_base + (uint64_t)pub_ok)
           pub_seq_bad++;
       }
+    } else if (opt.overload && (status == 503 || status == 429)) {
+      /* push-back: event `answered` was not accepted, so nobody is owed
+       * it; wait as long as Retry-After says (1 s if absent, at most 5) */
+      pub_refused++;
+      expected_total -= event_owed(answered, 0);
+      uint64_t wait_s = 1;
+      for (char *l = memchr(p, '\n', hl); l && l < end;
+           l = memchr(l + 1, '\n', (size_t)(end - l)))
+        if (!strncasecmp(l + 1, "retry-after:", 12))
+          wait_s = strtoull(l + 13, NULL, 10);
+      if (wait_s > 5) wait_s = 5;
+      uint64_t until = now_ns() + wait_s * 1000000000ull;
+      if (until > pub_pause_until) pub_pause_until = until;
     } else {
       pub_err++;
       note_error("publish %lld: HTTP %d %.*s", (long long)answered, status,
@@ -1308,6 +1348,7 @@ static void usage(const char *argv0) {
           "  [--topic T] [--server-pid PID[,PID..]] [--aux-pid PID[,PID..]]\n"
           "  [--deadline S] [--drain S] [--json FILE] [--quiet]\n"
           "  [--rates R1,R2.. [--step-s S] [--step-drain S]] [--group G]\n"
+          "  [--overload 1]  (503/429 + Retry-After: pause, count, owe nothing)\n"
           "  [--idle [--transport ws|sse] [--hold S]] [--settle-max S]\n"
           "  [--churn-rates R1,R2.. [--step-s S] [--churn-pub-rate R]\n"
           "   [--churn-max N]] [--src-addrs K]\n", argv0);
@@ -1330,6 +1371,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--rate")) opt.rate = atof(v);
     else if (!strcmp(a, "--ramp")) opt.ramp = atoi(v);
     else if (!strcmp(a, "--tenants")) opt.tenants = atoi(v);
+    else if (!strcmp(a, "--overload")) opt.overload = atoi(v);
     else if (!strcmp(a, "--pad")) opt.pad = atoi(v);
     else if (!strcmp(a, "--topic")) opt.topic = v;
     else if (!strcmp(a, "--server-pid")) n_server_pids = parse_pids(v, server_pids);
@@ -1480,6 +1522,12 @@ int main(int argc, char **argv) {
   lat_cap = planned < MAX_SAMPLES ? planned : MAX_SAMPLES;
   if (planned > MAX_SAMPLES) lat_stride = (planned + MAX_SAMPLES - 1) / MAX_SAMPLES;
   lat = xmalloc((lat_cap ? lat_cap : 1) * sizeof *lat);
+  if (opt.overload && opt.events > 0) {
+    acc_ns = calloc((size_t)opt.events, sizeof *acc_ns);
+    acc_lat_cap = lat_cap;
+    acc_lat = xmalloc((acc_lat_cap ? acc_lat_cap : 1) * sizeof *acc_lat);
+    if (!acc_ns) die("out of memory");
+  }
 
   ep = epoll_create1(EPOLL_CLOEXEC);
   if (ep < 0) die("epoll_create1: %s", strerror(errno));
@@ -1798,7 +1846,7 @@ int main(int argc, char **argv) {
       if (now - ref > (uint64_t)(opt.drain_s * 1e9)) break;
     }
     pump_io(pace_timeout(now, 50));
-    if (opt.rate > 0) pub_pump(now_ns());
+    if (opt.rate > 0 || pub_pause_until) pub_pump(now_ns());
   }
   uint64_t t_end = now_ns();
   double cpu_self = self_cpu() - cpu_self0;
@@ -1825,20 +1873,25 @@ int main(int argc, char **argv) {
     gaps += c->gaps;
     seq_bad += c->seq_bad;
     foreign += c->foreign;
-    loss += c->expected > c->ok ? c->expected - c->ok : 0;
+    /* --overload: each subscriber is owed exactly the accepted events */
+    uint64_t owed = opt.overload ? (uint64_t)pub_ok : c->expected;
+    loss += owed > c->ok ? owed - c->ok : 0;
     if (c->state != ST_READY) closed++;
   }
   for (int i = 0; i < n_conns; i++) conn_close(&subs[i]);
   conn_close(&pub);
 
   qsort(lat, nlat, sizeof *lat, cmp_u32);
+  if (n_acc_lat) qsort(acc_lat, n_acc_lat, sizeof *acc_lat, cmp_u32);
+#define ACC_PCT(q) (n_acc_lat ? acc_lat[(size_t)((double)(n_acc_lat - 1) * (q))] : 0u)
   uint64_t t_last = last_delivery_ns ? last_delivery_ns : t_end;
   double dur = t_pub_start ? (double)(t_last - t_pub_start) / 1e9 : 0;
   double pub_dur = t_pub_start && t_pub_done ? (double)(t_pub_done - t_pub_start) / 1e9 : 0;
   double srv_cpu = srv_end.cpu_s - srv_ready.cpu_s;
   double srv_cpu_connect = srv_ready.cpu_s - srv_start.cpu_s;
   int complete = !deadline_hit && ok == expected_total && !dups && !seq_bad &&
-                 !foreign && pub_ok == opt.events && !pub_err && !pub_seq_bad &&
+                 !foreign && pub_ok + pub_refused == opt.events && !pub_err &&
+                 !pub_seq_bad &&
                  n_ready == n_conns;
 #define PCT(q) seg_pct(lat, 0, nlat, q)
 
@@ -1850,6 +1903,8 @@ int main(int argc, char **argv) {
           "\"subscribers_ready\":%d,\"group\":%d,"
           "\"events\":%lld,\"window\":%d,\"rate\":%g,\"tenants\":%d,"
           "\"data_bytes\":%d,\"published_ok\":%lld,\"publish_errors\":%lld,"
+          "\"publish_refused\":%lld,\"accepted_latency_us\":{\"p50\":%u,"
+          "\"p99\":%u,\"p999\":%u,\"max\":%u},"
           "\"deliveries_expected\":%llu,\"deliveries_received\":%llu,"
           "\"loss\":%llu,\"duplicates\":%llu,\"gaps\":%llu,\"seq_errors\":%llu,"
           "\"publish_seq_errors\":%llu,\"foreign_tenant\":%llu,"
@@ -1871,6 +1926,8 @@ int main(int argc, char **argv) {
           opt.subs, n_conns, n_ready, opt.group, (long long)opt.events, opt.window,
           n_steps ? 0 : opt.rate,
           opt.tenants, opt.pad, (long long)pub_ok, (long long)pub_err,
+          (long long)pub_refused, ACC_PCT(0.5), ACC_PCT(0.99), ACC_PCT(0.999),
+          n_acc_lat ? acc_lat[n_acc_lat - 1] : 0u,
           (unsigned long long)expected_total, (unsigned long long)ok,
           (unsigned long long)loss, (unsigned long long)dups,
           (unsigned long long)gaps, (unsigned long long)seq_bad,
