@@ -60,6 +60,21 @@ static void respond_error(mw_http_request_t *req, int status,
   json_decref(o);
 }
 
+/* Admission control for the publishing endpoints: 1 to go on, or 0 after
+ * answering 503 with Retry-After (nothing is stored or fanned out). */
+static int api_admit(mw_http_request_t *req) {
+  if (!mw__publish_admit(mw__http_worker(req))) return 1;
+  json_t *o = json_pack("{s:s}", "error", mw__publish_overload_reason);
+  char *text = json_dumps(o, JSON_COMPACT);
+  char headers[48];
+  snprintf(headers, sizeof headers, "Retry-After: %d\r\n",
+           MW_PUBLISH_RETRY_AFTER_S);
+  mw__http_respond(req, 503, "application/json", headers, text, strlen(text));
+  free(text);
+  json_decref(o);
+  return 0;
+}
+
 /* Parses the body as a JSON object or answers 400. */
 static json_t *body_object(mw_http_request_t *req) {
   mw_bytes_t body = mw__http_body(req);
@@ -104,7 +119,7 @@ static const char *opt_string(json_t *root, const char *key, int *bad) {
 }
 
 static void api_publish(mw_http_request_t *req, void *unused) {
-  if (!api_allowed(req)) return;
+  if (!api_allowed(req) || !api_admit(req)) return;
   json_t *root = body_object(req);
   if (!root) return;
   int bad = 0;
@@ -119,8 +134,8 @@ static void api_publish(mw_http_request_t *req, void *unused) {
     json_decref(root);
     return;
   }
-  mw__publish_json(mw__http_worker(req), topic, event, trace, data, NULL,
-                   on_published, req);
+  mw__publish_json_admitted(mw__http_worker(req), topic, event, trace, data,
+                            NULL, on_published, req);
   json_decref(root);
 }
 
@@ -169,7 +184,7 @@ static void on_broadcast_one(int status, const mw_event_t *ev,
 }
 
 static void api_broadcast(mw_http_request_t *req, void *unused) {
-  if (!api_allowed(req)) return;
+  if (!api_allowed(req) || !api_admit(req)) return; /* all topics or none */
   json_t *root = body_object(req);
   if (!root) return;
   int bad = 0;
@@ -217,8 +232,9 @@ static void api_broadcast(mw_http_request_t *req, void *unused) {
   /* Callbacks may run synchronously and free b after the last one. */
   mw_worker_t *w = mw__http_worker(req);
   for (size_t i = 0; i < n; i++)
-    mw__publish_json(w, json_string_value(json_array_get(topics, i)), event,
-                     trace, shared, NULL, on_broadcast_one, &b->slots[i]);
+    mw__publish_json_admitted(w, json_string_value(json_array_get(topics, i)),
+                              event, trace, shared, NULL, on_broadcast_one,
+                              &b->slots[i]);
   json_decref(shared);
   json_decref(root);
 }

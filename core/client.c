@@ -44,14 +44,21 @@ static mw_metric_t *gauge_for(const char *transport) {
 
 mw_client_t *mw__client_new(mw_worker_t *w, const char *transport,
                             mw_deliver_fn deliver, void *ud) {
-  mw_client_t *c = mw_xcalloc(1, sizeof *c);
+  char id[96];
+  int idlen = snprintf(id, sizeof id, "%s-%u-%llu", w->server->node_id, w->id,
+                       (unsigned long long)mw__hub_next_client_number(w->hub));
+  if (idlen < 0 || (size_t)idlen >= sizeof id) idlen = (int)sizeof id - 1;
+  size_t tlen = strnlen(transport, 23); /* as long as a metric label may be */
+  /* One allocation, sized to the names it holds. */
+  mw_client_t *c = mw_xcalloc(1, sizeof *c + (size_t)idlen + 1 + tlen + 1);
   c->worker = w;
   c->deliver = deliver;
   c->ud = ud;
   c->ident.ref = -2; /* LUA_NOREF */
-  snprintf(c->transport, sizeof c->transport, "%s", transport);
-  snprintf(c->id, sizeof c->id, "%s-%u-%llu", w->server->node_id, w->id,
-           (unsigned long long)mw__hub_next_client_number(w->hub));
+  memcpy(c->id, id, (size_t)idlen);
+  char *t = c->id + idlen + 1;
+  memcpy(t, transport, tlen);
+  c->transport = t;
   c->conn_gauge = mw__hub_gauge(w->hub, c->transport, gauge_for);
   mw__metric_add(c->conn_gauge, 1);
   mw__list_push(&w->clients, &c->link);
@@ -155,7 +162,9 @@ int mw__client_has_token(const mw_client_t *c) {
 
 void mw__client_set_error(mw_client_t *c, int code, const char *reason) {
   c->err_code = code;
-  snprintf(c->err, sizeof c->err, "%s", reason ? reason : "");
+  free(c->err);
+  /* At most 159 bytes, as the reason of an HTTP answer or a close. */
+  c->err = mw_xstrndup(reason ? reason : "", reason ? strnlen(reason, 159) : 0);
 }
 
 int mw__client_connect(mw_client_t *c, const char *token, int *code) {
@@ -218,7 +227,7 @@ int mw__client_connect(mw_client_t *c, const char *token, int *code) {
 
 const char *mw__client_error(const mw_client_t *c, int *code) {
   if (code) *code = c->err_code;
-  return c->err;
+  return c->err ? c->err : "";
 }
 
 const char *mw__client_user_id(const mw_client_t *c) {
@@ -242,6 +251,7 @@ void mw__client_disconnect(mw_client_t **cp, const char *reason) {
   if (p) mw__policy_identity_free(p, &c->ident);
   request_free(c->request);
   mw__metric_add(c->conn_gauge, -1);
+  free(c->err);
   free(c);
 }
 

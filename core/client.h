@@ -16,8 +16,7 @@ typedef struct mw_client_request mw_client_request_t;
 
 struct mw_client {
   mw_worker_t *worker;
-  char id[48];
-  char transport[24];
+  const char *transport; /* in names[], after the id */
   mw_metric_t *conn_gauge;
   mw_deliver_fn deliver;
   void (*kick)(mw_client_t *c, const char *reason, void *ud);
@@ -25,12 +24,13 @@ struct mw_client {
   mw_link_t link; /* in the worker's list of clients */
   mw_sub_t *subs; /* hub.c */
   size_t nsubs;
-  int connected;
-  int limits_held;
   mw_policy_identity_t ident;
   mw_client_request_t *request; /* until connected */
+  char *err; /* the last refusal's reason (malloc'd), or NULL */
   int err_code;
-  char err[160];
+  unsigned connected : 1;
+  unsigned limits_held : 1;
+  char id[]; /* "node-worker-number", then the transport's name */
 };
 
 /* See the host table (moonwire/host.h). */

@@ -59,6 +59,8 @@ static const known_key_t known[] = {
     {"limits.sse_heartbeat", K_INT, 0, NULL, "15", NULL},
     {"limits.poll_max_events", K_INT, 0, NULL, "1000", NULL},
     {"limits.lua_memory", K_INT, 0, NULL, "67108864", NULL},
+    {"limits.publish_backlog", K_INT, 0, NULL, "33554432", NULL},
+    {"limits.publish_lag_ms", K_INT, 0, NULL, "1000", NULL},
     {"limits.message_rate", K_INT, 0, "message rate limits", NULL, NULL},
     {"cors.origins", K_LIST, 0, NULL, NULL, NULL},
     {"presence_topics", K_LIST, 0, NULL, NULL, NULL},

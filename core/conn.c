@@ -72,24 +72,128 @@ void mw__conn_read_start(mw_conn_t *c) {
     mw__conn_close(c);
 }
 
-/* --- timers and closing ------------------------------------------------- */
+/* --- deadlines: one timer per worker ----------------------------------- */
+
+enum { DL_NONE = 0, DL_IDLE = 1, DL_CLOSE = 2 };
+
+static void finish_close(mw_conn_t *c);
+
+static mw_conn_t *dl_first(mw_link_t *head) {
+  return mw__list_empty(head) ? NULL
+                              : MW_CONTAINER_OF(head->next, mw_conn_t, dl_link);
+}
+
+static void on_conn_timer(uv_timer_t *t);
+
+/* Arms the worker's timer for its earliest deadline (or stops it). */
+static void dl_arm(mw_worker_t *w) {
+  if (!w->conn_timer) return;
+  uint64_t due = UINT64_MAX;
+  mw_conn_t *a = dl_first(&w->conn_idle), *b = dl_first(&w->conn_closing);
+  if (a) due = a->deadline;
+  if (b && b->deadline < due) due = b->deadline;
+  if (due == w->conn_timer_due) return;
+  w->conn_timer_due = due;
+  if (due == UINT64_MAX) {
+    uv_timer_stop(w->conn_timer);
+    return;
+  }
+  uint64_t now = uv_now(&w->loop);
+  uv_timer_start(w->conn_timer, on_conn_timer, due > now ? due - now : 0, 0);
+}
+
+static void dl_clear(mw_conn_t *c) {
+  if (c->dl_kind == DL_NONE) return;
+  mw__list_remove(&c->dl_link);
+  c->dl_kind = DL_NONE;
+  /* The timer may fire early for nothing: it re-arms itself then. */
+}
+
+/* Puts c in the `kind` list with a deadline `ms` from now. Deadlines of one
+ * kind come almost always in order (one duration per kind), so the sorted
+ * insertion from the tail is O(1) in practice. */
+static void dl_set(mw_conn_t *c, int kind, uint64_t ms) {
+  mw_worker_t *w = c->worker;
+  dl_clear(c);
+  c->dl_kind = (unsigned)kind;
+  c->deadline = uv_now(&w->loop) + ms;
+  mw_link_t *head = kind == DL_IDLE ? &w->conn_idle : &w->conn_closing;
+  mw_link_t *at = head->prev;
+  while (at != head &&
+         MW_CONTAINER_OF(at, mw_conn_t, dl_link)->deadline > c->deadline)
+    at = at->prev;
+  c->dl_link.prev = at;
+  c->dl_link.next = at->next;
+  at->next->prev = &c->dl_link;
+  at->next = &c->dl_link;
+  if (c->deadline < w->conn_timer_due) dl_arm(w);
+}
+
+static void on_conn_timer(uv_timer_t *t) {
+  mw_worker_t *w = t->data;
+  uint64_t now = uv_now(&w->loop);
+  w->conn_timer_due = UINT64_MAX; /* a one-shot: not armed any more */
+  mw_conn_t *c;
+  while ((c = dl_first(&w->conn_closing)) && c->deadline <= now) {
+    dl_clear(c);
+    finish_close(c); /* the peer did not take our last bytes in time */
+  }
+  while ((c = dl_first(&w->conn_idle)) && c->deadline <= now) {
+    dl_clear(c);
+    /* HTTP idle timeout: no complete request in time. */
+    if (c->mode == MW_CONN_HTTP && mw__http_idle(c)) mw__conn_close(c);
+  }
+  dl_arm(w);
+}
+
+static void free_handle(uv_handle_t *h) {
+  free(h);
+}
+
+/* The worker's first connection: its deadline timer. */
+static void worker_conns_begin(mw_worker_t *w) {
+  if (w->conn_timer) return;
+  mw__list_init(&w->conn_idle);
+  mw__list_init(&w->conn_closing);
+  w->conn_timer = mw_xmalloc(sizeof *w->conn_timer);
+  uv_timer_init(&w->loop, w->conn_timer);
+  w->conn_timer->data = w;
+  w->conn_timer_due = UINT64_MAX;
+  w->conn_cap = (size_t)mw__config_int(w->server->cfg, "limits.outbound_queue",
+                                       4 << 20);
+}
+
+/* The worker's last connection is gone: nothing keeps its loop alive. */
+static void worker_conns_end(mw_worker_t *w) {
+  if (!w->conn_timer) return;
+  uv_close((uv_handle_t *)w->conn_timer, free_handle);
+  w->conn_timer = NULL;
+  w->conn_timer_due = UINT64_MAX;
+}
+
+/* --- closing ------------------------------------------------------------ */
 
 static void release_out(mw_out_t *o) {
-  if (o->ev) mw_event_unref(&o->ev);
-  free(o->owned);
-  o->owned = NULL;
+  if (o->kind == MW_OUT_K_SHARED)
+    mw_event_unref(&o->u.shared.ev);
+  else if (o->kind == MW_OUT_K_OWNED)
+    free(o->u.owned);
+  o->kind = MW_OUT_K_INLINE;
 }
 
 static void on_handle_closed(uv_handle_t *h) {
   mw_conn_t *c = h->data;
-  if (--c->handles_open > 0) return;
-  for (size_t i = 0; i < c->qcount; i++)
+  mw_worker_t *w = c->worker;
+  for (uint32_t i = 0; i < c->qcount; i++)
     release_out(&c->q[(c->qhead + i) % c->qcap]);
-  free(c->q);
-  c->worker->outbound_bytes -= c->queued;
+  if (c->q != c->qin) free(c->q);
+  if (c->wr) free(c->wr->pinned);
+  free(c->wr);
+  w->outbound_bytes -= c->queued;
+  dl_clear(c);
   if (c->dirty) mw__list_remove(&c->dirty_link);
   mw__list_remove(&c->link);
-  c->worker->conn_count--;
+  w->conn_count--;
   total_conns--;
   mw__metric_add(m_open, -1);
   if (c->mode == MW_CONN_HTTP) {
@@ -99,28 +203,19 @@ static void on_handle_closed(uv_handle_t *h) {
     c->handler->on_close(c->ud);
   }
   free(c);
+  if (w->conn_count == 0) worker_conns_end(w);
 }
 
 static void finish_close(mw_conn_t *c) {
   if (c->close_started) return;
   c->close_started = 1;
+  dl_clear(c);
   uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
-  uv_close((uv_handle_t *)&c->timer, on_handle_closed);
-}
-
-static void on_timer(uv_timer_t *t) {
-  mw_conn_t *c = t->data;
-  if (c->closing) {
-    finish_close(c); /* the peer did not take our last bytes in time */
-    return;
-  }
-  /* HTTP idle timeout: no complete request in time. */
-  if (c->mode == MW_CONN_HTTP && mw__http_idle(c)) mw__conn_close(c);
 }
 
 void mw__conn_idle_timer(mw_conn_t *c, uint64_t ms) {
   if (c->closing) return;
-  uv_timer_start(&c->timer, on_timer, ms, 0);
+  dl_set(c, DL_IDLE, ms);
 }
 
 void mw__conn_close(mw_conn_t *c) {
@@ -131,26 +226,25 @@ void mw__conn_close(mw_conn_t *c) {
     finish_close(c);
     return;
   }
-  uv_timer_start(&c->timer, on_timer, MW_CLOSE_DEADLINE_MS, 0);
+  dl_set(c, DL_CLOSE, MW_CLOSE_DEADLINE_MS);
 }
 
 /* --- accepting ---------------------------------------------------------- */
 
 mw_conn_t *mw__conn_new(mw_worker_t *w) {
+  worker_conns_begin(w);
   mw_conn_t *c = mw_xcalloc(1, sizeof *c);
   c->worker = w;
   uv_tcp_init(&w->loop, &c->tcp);
-  uv_timer_init(&w->loop, &c->timer);
   c->tcp.data = c;
-  c->timer.data = c;
-  c->handles_open = 2;
+  c->q = c->qin;
+  c->qcap = MW_OUT_SLOTS;
   mw__list_init(&c->dirty_link);
+  mw__list_init(&c->dl_link);
   mw__list_push(&w->conns, &c->link);
   w->conn_count++;
   total_conns++;
   mw__metric_add(m_open, 1);
-  c->cap = (size_t)mw__config_int(w->server->cfg, "limits.outbound_queue",
-                                  4 << 20);
   return c;
 }
 
@@ -189,46 +283,77 @@ static void mark_dirty(mw_conn_t *c) {
   mw__list_push(&c->worker->dirty, &c->dirty_link);
 }
 
-static mw_out_t *push_out(mw_conn_t *c) {
-  if (c->qcount == c->qcap) {
-    size_t ncap = c->qcap ? c->qcap * 2 : 8;
-    mw_out_t *nq = mw_xmalloc(ncap * sizeof *nq);
-    for (size_t i = 0; i < c->qcount; i++)
-      nq[i] = c->q[(c->qhead + i) % c->qcap];
-    free(c->q);
-    c->q = nq;
-    c->qcap = ncap;
-    c->qhead = 0;
+/* Grows the ring (doubling; the inline slots first). A ring held by the
+ * write in flight (its inline bytes are in libuv's hands) is kept until the
+ * write callback. */
+static void grow_ring(mw_conn_t *c) {
+  uint32_t ncap = c->qcap < 8 ? 8 : c->qcap * 2;
+  mw_out_t *nq = mw_xmalloc(ncap * sizeof *nq);
+  for (uint32_t i = 0; i < c->qcount; i++)
+    nq[i] = c->q[(c->qhead + i) % c->qcap];
+  if (c->q != c->qin) {
+    if (c->wr && !c->wr->pinned)
+      c->wr->pinned = c->q;
+    else
+      free(c->q);
   }
+  c->q = nq;
+  c->qcap = ncap;
+  c->qhead = 0;
+}
+
+/* Back to the inline slots once nothing is queued or in flight. */
+static void shrink_ring(mw_conn_t *c) {
+  if (c->qcount || c->writing) return;
+  if (c->q != c->qin) {
+    free(c->q);
+    c->q = c->qin;
+    c->qcap = MW_OUT_SLOTS;
+  }
+  c->qhead = 0;
+}
+
+static mw_out_t *push_out(mw_conn_t *c) {
+  if (c->qcount == c->qcap) grow_ring(c);
   mw_out_t *o = &c->q[(c->qhead + c->qcount++) % c->qcap];
-  memset(o, 0, offsetof(mw_out_t, inline_buf));
+  o->kind = MW_OUT_K_INLINE;
+  o->len = 0;
   return o;
 }
 
 static void push_copy(mw_conn_t *c, const void *data, size_t len) {
   if (len == 0) return;
   mw_out_t *o = push_out(c);
-  o->len = len;
+  o->len = (uint32_t)len;
   if (len <= MW_OUT_INLINE) {
-    memcpy(o->inline_buf, data, len);
+    memcpy(o->u.inline_buf, data, len);
   } else {
-    o->owned = mw_xmalloc(len);
-    memcpy(o->owned, data, len);
-    o->base = o->owned;
+    o->kind = MW_OUT_K_OWNED;
+    o->u.owned = mw_xmalloc(len);
+    memcpy(o->u.owned, data, len);
+  }
+}
+
+static const char *out_bytes(const mw_out_t *o) {
+  switch (o->kind) {
+  case MW_OUT_K_OWNED: return o->u.owned;
+  case MW_OUT_K_SHARED: return o->u.shared.base;
+  default: return o->u.inline_buf;
   }
 }
 
 /* Accepts `len` more bytes or reports the overflow (once). */
 static int admit(mw_conn_t *c, size_t len, int force) {
   if (c->closing) return MW_ECLOSED;
+  if (len > UINT32_MAX) return MW_ETOOBIG;
   if (force) return 0;
   if (c->overflowed) return MW_ELIMIT;
-  if (c->queued + len > c->cap) {
+  if (c->queued + len > c->worker->conn_cap) {
     c->overflowed = 1;
     mw__metric_add(m_slow, 1);
     mw_log(MW_LOG_INFO, "conn",
            "slow consumer %s: %zu bytes queued, cap %zu: closing", c->remote,
-           c->queued, c->cap);
+           c->queued, c->worker->conn_cap);
     if (c->mode == MW_CONN_STREAM && c->handler->on_overflow)
       c->handler->on_overflow(c->ud);
     else
@@ -260,10 +385,13 @@ int mw__conn_write_event(mw_conn_t *c, const void *prefix, size_t plen,
     return rc;
   }
   push_copy(c, prefix, plen);
-  mw_out_t *o = push_out(c);
-  o->base = ev->wire[wire].data;
-  o->len = ev->wire[wire].len;
-  o->ev = mw_event_ref(ev);
+  if (ev->wire[wire].len) {
+    mw_out_t *o = push_out(c);
+    o->kind = MW_OUT_K_SHARED;
+    o->len = (uint32_t)ev->wire[wire].len;
+    o->u.shared.base = ev->wire[wire].data;
+    o->u.shared.ev = mw_event_ref(ev);
+  }
   push_copy(c, suffix, slen);
   c->queued += len;
   c->worker->outbound_bytes += len;
@@ -275,19 +403,72 @@ size_t mw__conn_queued(const mw_conn_t *c) {
   return c->queued;
 }
 
+char *mw__conn_pending_copy(const mw_conn_t *c, size_t *len) {
+  size_t total = 0;
+  for (uint32_t i = c->ninflight; i < c->qcount; i++)
+    total += c->q[(c->qhead + i) % c->qcap].len;
+  char *out = mw_xmalloc(total + 1), *p = out;
+  for (uint32_t i = c->ninflight; i < c->qcount; i++) {
+    const mw_out_t *o = &c->q[(c->qhead + i) % c->qcap];
+    size_t off = i == 0 ? c->head_off : 0;
+    memcpy(p, out_bytes(o) + off, o->len - off);
+    p += o->len - off;
+  }
+  *p = 0;
+  if (len) *len = (size_t)(p - out);
+  return out;
+}
+
+/* `bytes` left the queue (written or dropped): releases the entries they
+ * complete and keeps the offset into a partly written one. */
+static void consume(mw_conn_t *c, size_t bytes) {
+  c->queued -= bytes;
+  c->worker->outbound_bytes -= bytes;
+  bytes += c->head_off;
+  while (c->qcount && bytes >= c->q[c->qhead].len) {
+    mw_out_t *o = &c->q[c->qhead];
+    bytes -= o->len;
+    release_out(o);
+    c->qhead = (c->qhead + 1) % c->qcap;
+    c->qcount--;
+  }
+  c->head_off = (uint32_t)bytes; /* less than the entry's length */
+}
+
+/* The iovecs of up to MW_OUT_IOV queued entries from the head. */
+static unsigned gather(mw_conn_t *c, uv_buf_t *bufs, size_t *total) {
+  unsigned n = 0;
+  size_t sum = 0;
+  for (; n < c->qcount && n < MW_OUT_IOV; n++) {
+    const mw_out_t *o = &c->q[(c->qhead + n) % c->qcap];
+    size_t off = n == 0 ? c->head_off : 0;
+    bufs[n] = uv_buf_init((char *)out_bytes(o) + off, (unsigned)(o->len - off));
+    sum += o->len - off;
+  }
+  *total = sum;
+  return n;
+}
+
 static void start_write(mw_conn_t *c);
+
+/* A write failed: the queue stays until the close callback. */
+static void write_failed(mw_conn_t *c) {
+  mw__conn_close(c);
+  finish_close(c);
+}
 
 static void on_write(uv_write_t *req, int status) {
   mw_conn_t *c = req->data;
   size_t bytes = 0;
-  for (size_t i = 0; i < c->ninflight; i++) {
-    bytes += c->inflight[i].len;
-    release_out(&c->inflight[i]);
-  }
+  for (uint32_t i = 0; i < c->ninflight; i++)
+    bytes += c->q[(c->qhead + i) % c->qcap].len;
+  bytes -= c->head_off;
   c->ninflight = 0;
   c->writing = 0;
-  c->queued -= bytes;
-  c->worker->outbound_bytes -= bytes;
+  free(c->wr->pinned);
+  free(c->wr);
+  c->wr = NULL;
+  consume(c, bytes);
   if (status < 0) {
     if (status != UV_ECANCELED) mw__conn_close(c);
     if (c->closing) finish_close(c);
@@ -296,44 +477,52 @@ static void on_write(uv_write_t *req, int status) {
   mw__metric_add(m_bytes_out, (int64_t)bytes);
   if (c->qcount) {
     start_write(c);
-  } else if (c->closing) {
-    finish_close(c);
+  } else {
+    shrink_ring(c);
+    if (c->closing) finish_close(c);
   }
 }
 
+/* Writes what the socket takes now (writev through uv_try_write, 64 entries
+ * at a time); the rest goes to one uv_write whose request is allocated only
+ * for as long as it is pending. */
 static void start_write(mw_conn_t *c) {
-  if (c->writing || c->qcount == 0 || c->close_started) return;
-  uv_buf_t bufs[MW_OUT_IOV] = {{0}};
-  size_t n = 0;
-  while (c->qcount && n < MW_OUT_IOV) {
-    mw_out_t *o = &c->inflight[n];
-    *o = c->q[c->qhead];
-    c->qhead = (c->qhead + 1) % c->qcap;
-    c->qcount--;
-    bufs[n] = uv_buf_init(o->base ? (char *)o->base : o->inline_buf,
-                          (unsigned)o->len);
-    n++;
-  }
-  c->ninflight = n;
-  c->writing = 1;
-  c->wreq.data = c;
-  int rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, bufs, (unsigned)n,
-                    on_write);
-  if (rc) {
-    /* The callback will not fire: release now and close. */
-    c->writing = 1; /* keep start_write out while we unwind */
-    size_t bytes = 0;
-    for (size_t i = 0; i < n; i++) {
-      bytes += c->inflight[i].len;
-      release_out(&c->inflight[i]);
+  if (c->writing || c->close_started) return;
+  uv_buf_t bufs[MW_OUT_IOV];
+  while (c->qcount) {
+    size_t total;
+    unsigned n = gather(c, bufs, &total);
+    int rc = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
+    if (rc < 0 && rc != UV_EAGAIN) {
+      write_failed(c);
+      return;
     }
-    c->ninflight = 0;
-    c->queued -= bytes;
-    c->worker->outbound_bytes -= bytes;
-    c->writing = 0;
-    mw__conn_close(c);
-    finish_close(c);
+    size_t done = rc > 0 ? (size_t)rc : 0;
+    if (done) {
+      mw__metric_add(m_bytes_out, (int64_t)done);
+      consume(c, done);
+    }
+    if (done == total) continue;
+    /* The socket is full: the rest of these entries waits for libuv. */
+    n = gather(c, bufs, &total);
+    c->wr = mw_xmalloc(sizeof *c->wr);
+    c->wr->req.data = c;
+    c->wr->pinned = NULL;
+    c->ninflight = n;
+    c->writing = 1;
+    rc = uv_write(&c->wr->req, (uv_stream_t *)&c->tcp, bufs, n, on_write);
+    if (rc) {
+      /* The callback will not fire. */
+      free(c->wr);
+      c->wr = NULL;
+      c->ninflight = 0;
+      c->writing = 0;
+      write_failed(c);
+    }
+    return;
   }
+  shrink_ring(c);
+  if (c->closing) finish_close(c);
 }
 
 void mw__conn_flush_dirty(mw_worker_t *w) {
@@ -342,6 +531,9 @@ void mw__conn_flush_dirty(mw_worker_t *w) {
     mw__list_remove(l);
     mw_conn_t *c = MW_CONTAINER_OF(l, mw_conn_t, dirty_link);
     c->dirty = 0;
+    /* Taken over on an earlier call: the HTTP state is no longer on any
+     * stack, and a stream does not need it. */
+    if (c->mode == MW_CONN_STREAM && c->http) mw__http_on_close(c);
     start_write(c);
   }
 }
@@ -350,7 +542,12 @@ void mw__conn_take(mw_conn_t *c, const mw_stream_handler_t *h, void *ud) {
   c->mode = MW_CONN_STREAM;
   c->handler = h;
   c->ud = ud;
-  uv_timer_stop(&c->timer);
+  if (!c->closing) dl_clear(c);
+  /* The flush of this iteration frees the HTTP state (see flush_dirty). */
+  if (!c->dirty) {
+    c->dirty = 1;
+    mw__list_push(&c->worker->dirty, &c->dirty_link);
+  }
 }
 
 void mw__conn_close_all(mw_worker_t *w, int all) {

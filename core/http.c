@@ -1,10 +1,25 @@
 /* HTTP/1.1 over a connection with llhttp: see http.h.
  *
- * One request is handled at a time: on_message_complete pauses the parser,
- * bytes after the request wait in `pending` (reading stops), and the answer
- * resumes parsing. Limits: request line (414), headers (431), body (413);
- * anything llhttp rejects is a 400. Each rejection closes the connection and
- * is counted. */
+ * Pipelining: requests are parsed as their bytes arrive and dispatched at
+ * once, up to MW_HTTP_PIPELINE of them outstanding per connection (and about
+ * one maximum-size request's worth of bytes: request line, headers, bodies
+ * and held answers). Answers go out strictly in request order: the first
+ * outstanding request (the head) writes its answer straight to the
+ * connection; an answer that completes before the ones ahead of it is held
+ * (one copy) and written when they are. Past the bounds, bytes read wait
+ * unparsed in `pending` and reading stops (TCP pushes back) until answers
+ * resume it; while no bytes wait, reading stays on so that a peer that
+ * leaves is noticed (abort callbacks run, orphans are freed).
+ *
+ * A request that may take the connection over (an Upgrade, or any plugin
+ * route: WebSocket, SSE, long-poll) is a barrier: it is dispatched only once
+ * it is the head, and nothing after it is parsed until it is answered (its
+ * bytes are handed to the new owner if it takes over). Connection: close, an
+ * Upgrade or a parse error ends the pipeline: nothing after it is parsed.
+ *
+ * Limits: request line (414), headers (431), body (413); anything llhttp
+ * rejects is a 400. Each rejection is answered in order after the requests
+ * before it, closes the connection and is counted. */
 #include "http.h"
 
 #include <ctype.h>
@@ -30,6 +45,7 @@ typedef struct kv {
 struct mw_http_request {
   mw_conn_t *conn; /* NULL once the peer left (orphaned) */
   mw_worker_t *worker;
+  mw_http_request_t *next; /* the next outstanding request of conn */
   char method[16];
   char *url;
   size_t url_len;
@@ -44,6 +60,16 @@ struct mw_http_request {
   int upgrade;
   int keep_alive;
   int complete;
+  int barrier;    /* may take the connection: dispatched only at the head */
+  int dispatched; /* handed to its handler */
+  int answered;   /* answer held below until the requests ahead are written */
+  const mw_route_t *route;
+  int path_known;
+  size_t cost; /* bytes counted in the state's out_bytes */
+  /* a held answer: one block "content-type\0extra headers\0body" */
+  char *held;
+  int held_status;
+  size_t held_extra, held_body, held_len;
   mw_abort_fn abort_fn;
   void *abort_ud;
 };
@@ -51,15 +77,20 @@ struct mw_http_request {
 struct mw_http_state {
   llhttp_t parser;
   mw_conn_t *conn;
-  mw_http_request_t *req;    /* being received */
-  mw_http_request_t *active; /* being handled */
+  mw_http_request_t *req;        /* being received */
+  mw_http_request_t *head, *tail; /* outstanding, in request order */
+  size_t nout;                   /* outstanding requests */
+  size_t out_bytes;              /* their costs (requests, held answers) */
+  size_t max_ahead;              /* out_bytes past which parsing waits */
   char *field, *value;
   size_t field_len, value_len;
   int in_value;
   size_t header_bytes;
-  char *pending; /* unparsed bytes that arrived while a request was handled */
+  char *pending; /* unparsed bytes that arrived past the bounds */
   size_t pending_len;
-  int in_process;
+  int in_process; /* process() is on the stack (or the HTTP side is over) */
+  int advancing;  /* advance() is on the stack */
+  int ended;      /* nothing more is parsed: close, Upgrade, parse error */
   int error_status;
   size_t max_line, max_headers, max_body;
   uint64_t idle_ms;
@@ -116,6 +147,7 @@ static void request_free(mw_http_request_t *r) {
   }
   free(r->query);
   free(r->body);
+  free(r->held);
   free(r);
 }
 
@@ -126,6 +158,36 @@ static mw_http_state_t *state_of(llhttp_t *p) {
 static int limit_error(mw_http_state_t *st, int status) {
   st->error_status = status;
   return -1;
+}
+
+/* --- the queue of outstanding requests ---------------------------------- */
+
+static void enqueue(mw_http_state_t *st, mw_http_request_t *r) {
+  r->next = NULL;
+  if (st->tail)
+    st->tail->next = r;
+  else
+    st->head = r;
+  st->tail = r;
+  st->nout++;
+  st->out_bytes += r->cost;
+}
+
+static void dequeue_head(mw_http_state_t *st) {
+  mw_http_request_t *r = st->head;
+  st->head = r->next;
+  if (!st->head) st->tail = NULL;
+  r->next = NULL;
+  st->nout--;
+  st->out_bytes -= r->cost;
+}
+
+/* 1 while parsing must wait: too many requests or bytes outstanding, a
+ * barrier outstanding, the pipeline ended, or the worker draining. */
+static int must_wait(const mw_http_state_t *st) {
+  return st->ended || st->nout >= MW_HTTP_PIPELINE ||
+         st->out_bytes >= st->max_ahead || (st->tail && st->tail->barrier) ||
+         (st->nout && st->conn->worker->draining);
 }
 
 /* --- llhttp callbacks --------------------------------------------------- */
@@ -219,7 +281,7 @@ static int on_body(llhttp_t *p, const char *at, size_t n) {
 static int on_message_complete(llhttp_t *p) {
   mw_http_state_t *st = state_of(p);
   st->req->complete = 1;
-  return HPE_PAUSED; /* one request at a time */
+  return HPE_PAUSED; /* process() queues it, then resumes */
 }
 
 static void settings_init(void) {
@@ -257,6 +319,7 @@ void mw__http_start(mw_conn_t *c) {
   st->max_line = (size_t)mw__config_int(cfg, "limits.max_request_line", 8192);
   st->max_headers = (size_t)mw__config_int(cfg, "limits.max_header_size", 16384);
   st->max_body = (size_t)mw__config_int(cfg, "limits.max_body_size", 1 << 20);
+  st->max_ahead = st->max_line + st->max_headers + st->max_body;
   st->idle_ms = (uint64_t)mw__config_int(cfg, "limits.idle_timeout", 60) * 1000;
   llhttp_init(&st->parser, HTTP_REQUEST, &settings);
   st->parser.data = st;
@@ -265,20 +328,28 @@ void mw__http_start(mw_conn_t *c) {
 }
 
 int mw__http_idle(const mw_conn_t *c) {
-  return !c->http || !c->http->active;
+  return !c->http || !c->http->head;
 }
 
 void mw__http_on_close(mw_conn_t *c) {
   mw_http_state_t *st = c->http;
   if (!st) return;
   c->http = NULL;
-  mw_http_request_t *a = st->active;
-  if (a) {
-    a->conn = NULL; /* orphaned: the handler's answer will just free it */
-    if (a->abort_fn) {
-      a->abort_fn(a, a->abort_ud);
-      request_free(a);
-    }
+  /* Orphan every outstanding request first, so that an abort callback that
+   * answers another request of this connection only frees it. */
+  mw_http_request_t *list = st->head;
+  st->head = st->tail = NULL;
+  for (mw_http_request_t *r = list; r; r = r->next) r->conn = NULL;
+  while (list) {
+    mw_http_request_t *r = list;
+    list = r->next;
+    r->next = NULL;
+    if (r->answered || !r->dispatched) {
+      request_free(r); /* ours: the handler is done with it or never saw it */
+    } else if (r->abort_fn) {
+      r->abort_fn(r, r->abort_ud);
+      request_free(r);
+    } /* else the handler's answer will just free it */
   }
   request_free(st->req);
   free(st->field);
@@ -316,20 +387,28 @@ void mw__http_reject(mw_conn_t *c, int status, const char *reason) {
 
 /* --- dispatch ----------------------------------------------------------- */
 
-static void dispatch(mw_http_state_t *st) {
-  mw_http_request_t *r = st->req;
-  st->req = NULL;
-  st->active = r;
-  mw__metric_add(m_requests, 1);
+/* Finds the route of a complete request and whether it is a barrier: an
+ * Upgrade, or a plugin route (transports take connections over; core routes
+ * and the answers of http.c itself never do). */
+static void classify(mw_http_request_t *r) {
   if (strcmp(r->method, "OPTIONS") == 0) { /* CORS preflight, any path */
+    r->barrier = r->upgrade;
+    return;
+  }
+  r->route = mw__server_find_route(r->method, r->path, &r->path_known);
+  r->barrier = r->upgrade || (r->route && r->route->plugin);
+}
+
+static void dispatch(mw_http_request_t *r) {
+  r->dispatched = 1;
+  mw__metric_add(m_requests, 1);
+  if (strcmp(r->method, "OPTIONS") == 0) {
     mw__cors_preflight(r);
     return;
   }
-  int path_known = 0;
-  const mw_route_t *route = mw__server_find_route(r->method, r->path,
-                                                  &path_known);
+  const mw_route_t *route = r->route;
   if (!route) {
-    if (path_known)
+    if (r->path_known)
       mw__http_respond_json(r, 405, "{\"error\":\"method not allowed\"}");
     else
       mw__http_respond_json(r, 404, "{\"error\":\"not found\"}");
@@ -340,6 +419,48 @@ static void dispatch(mw_http_state_t *st) {
   route->fn(r, wstate);
 }
 
+/* Writes r's answer (r is the head), dequeues and frees r. Returns 1 if the
+ * connection stays open. While draining, the last outstanding answer says
+ * Connection: close. */
+static int write_answer(mw_http_state_t *st, mw_http_request_t *r, int status,
+                        const char *ctype, const char *extra,
+                        const char *body, size_t len) {
+  mw_conn_t *c = st->conn;
+  int keep = r->keep_alive && !(c->worker->draining && !r->next);
+  write_response(c, status, ctype, extra, body, len, keep,
+                 strcmp(r->method, "HEAD") == 0);
+  dequeue_head(st);
+  request_free(r);
+  if (keep) mw__conn_idle_timer(c, st->idle_ms);
+  return keep;
+}
+
+/* From the head on: writes held answers, dispatches a barrier that reached
+ * the head. Stops at a request still being handled. */
+static void advance(mw_http_state_t *st) {
+  mw_conn_t *c = st->conn;
+  if (st->advancing) return; /* the loop below, further up, goes on */
+  st->advancing = 1;
+  while (st->head && !c->closing && c->mode == MW_CONN_HTTP) {
+    mw_http_request_t *r = st->head;
+    if (r->answered) {
+      if (!write_answer(st, r, r->held_status, r->held,
+                        r->held + r->held_extra, r->held + r->held_body,
+                        r->held_len)) {
+        mw__conn_close(c);
+        break;
+      }
+    } else if (!r->dispatched) {
+      dispatch(r);
+    } else {
+      break;
+    }
+  }
+  st->advancing = 0;
+}
+
+/* A parse error or a limit: answered (and the connection closed) after the
+ * requests before it. */
 static void fail_parse(mw_http_state_t *st, llhttp_errno_t err) {
   int status = st->error_status ? st->error_status : 400;
   switch (status) {
@@ -354,99 +475,202 @@ static void fail_parse(mw_http_state_t *st, llhttp_errno_t err) {
                        : status == 414 ? "request line too long"
                        : status == 431 ? "headers too large"
                                        : "malformed request";
-  mw__http_reject(st->conn, status, reason);
+  st->ended = 1;
+  request_free(st->req);
+  st->req = NULL;
+  if (!st->head) {
+    mw__http_reject(st->conn, status, reason);
+    return;
+  }
+  /* Requests are outstanding: queue an answered stand-in behind them. */
+  mw_http_request_t *r = mw_xcalloc(1, sizeof *r);
+  r->conn = st->conn;
+  r->worker = st->conn->worker;
+  r->dispatched = r->answered = 1;
+  r->held_status = status;
+  static const char ctype[] = "application/json";
+  char body[64];
+  int n = snprintf(body, sizeof body, "{\"error\":\"%s\"}", reason);
+  r->held_extra = sizeof ctype;
+  r->held_body = r->held_extra + 1;
+  r->held_len = (size_t)n;
+  r->held = mw_xmalloc(r->held_body + r->held_len + 1);
+  memcpy(r->held, ctype, sizeof ctype);
+  r->held[r->held_extra] = 0;
+  memcpy(r->held + r->held_body, body, r->held_len + 1);
+  enqueue(st, r);
+  advance(st);
 }
 
-/* Parses `data`; keeps what follows a complete request in st->pending. */
-static void feed(mw_http_state_t *st, const char *data, size_t len) {
-  llhttp_errno_t err = llhttp_execute(&st->parser, data, len);
-  if (err == HPE_OK) return;
-  if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
-    const char *pos = llhttp_get_error_pos(&st->parser);
-    size_t used = pos ? (size_t)(pos - data) : len;
-    if (used < len) append(&st->pending, &st->pending_len, data + used,
-                           len - used);
-    if (!st->req || !st->req->complete) {
+/* Parses data[0..len): queues each complete request and dispatches it (a
+ * barrier once it is the head). What cannot be parsed yet goes to
+ * st->pending (which is empty on entry). */
+static void parse(mw_http_state_t *st, const char *data, size_t len) {
+  mw_conn_t *c = st->conn;
+  while (len && !c->closing && c->mode == MW_CONN_HTTP && !must_wait(st)) {
+    llhttp_errno_t err = llhttp_execute(&st->parser, data, len);
+    if (err == HPE_OK) return; /* all consumed, a request may be partial */
+    if (err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE) {
       fail_parse(st, err);
       return;
     }
-    dispatch(st);
-    return;
+    const char *pos = llhttp_get_error_pos(&st->parser);
+    size_t used = pos ? (size_t)(pos - data) : len;
+    data += used;
+    len -= used;
+    mw_http_request_t *r = st->req;
+    if (!r || !r->complete) {
+      fail_parse(st, err);
+      return;
+    }
+    st->req = NULL;
+    r->cost = sizeof *r + r->url_len + st->header_bytes + r->body_len;
+    if (r->upgrade || !r->keep_alive)
+      st->ended = 1; /* the parser stays paused for good */
+    else
+      llhttp_resume(&st->parser);
+    classify(r);
+    enqueue(st, r);
+    if (r->barrier) {
+      /* Its bytes wait: the new owner gets them if it takes over. */
+      if (len) append(&st->pending, &st->pending_len, data, len);
+      advance(st);
+      return;
+    }
+    dispatch(r); /* may answer, close, or leave it for later */
   }
-  fail_parse(st, err);
+  if (len && !c->closing) append(&st->pending, &st->pending_len, data, len);
 }
 
-/* Handles pending bytes while no request is active. */
-static void process(mw_conn_t *c) {
+/* After take-over: the bytes that followed the request go to the handler. */
+static void hand_over(mw_conn_t *c, mw_http_state_t *st) {
+  st->in_process = 1; /* the HTTP side is finished for good */
+  char *rest = st->pending;
+  size_t n = st->pending_len;
+  st->pending = NULL;
+  st->pending_len = 0;
+  mw__conn_read_start(c);
+  if (n) c->handler->on_data(c->ud, rest, n);
+  free(rest);
+}
+
+/* Parses `data` (or, if NULL, the pending bytes) as long as the bounds
+ * allow, then reads on or stops reading. */
+static void process(mw_conn_t *c, const char *data, size_t len) {
   mw_http_state_t *st = c->http;
-  if (!st || st->in_process) return;
   st->in_process = 1;
-  while (c->http == st && !c->closing && !st->active) {
-    if (c->mode == MW_CONN_STREAM) {
-      /* Taken over: hand the bytes after the request to the handler. */
-      char *rest = st->pending;
-      size_t n = st->pending_len;
+  for (;;) {
+    char *own = NULL;
+    if (!data) {
+      own = st->pending;
+      data = own;
+      len = st->pending_len;
       st->pending = NULL;
       st->pending_len = 0;
-      mw__conn_read_start(c);
-      if (n) c->handler->on_data(c->ud, rest, n);
-      free(rest);
-      return; /* st stays allocated until close; in_process keeps it inert */
     }
-    if (!st->pending_len) {
-      mw__conn_read_start(c);
-      break;
+    parse(st, data, len);
+    free(own);
+    data = NULL;
+    if (c->mode == MW_CONN_STREAM) {
+      hand_over(c, st); /* st stays allocated until close, inert */
+      return;
     }
-    char *buf = st->pending;
-    size_t n = st->pending_len;
-    st->pending = NULL;
-    st->pending_len = 0;
-    feed(st, buf, n);
-    free(buf);
+    if (c->closing || !st->pending_len || must_wait(st)) break;
   }
-  if (c->http == st) st->in_process = 0;
+  st->in_process = 0;
+  if (c->closing) return;
+  /* Bytes waiting: stop reading (TCP pushes back). Otherwise read on, also
+   * while parsing waits, so that a peer that leaves is noticed (an abort
+   * callback runs); the next bytes then wait in `pending`. */
+  if (st->pending_len)
+    mw__conn_read_stop(c);
+  else
+    mw__conn_read_start(c);
 }
 
 void mw__http_on_data(mw_conn_t *c, const char *data, size_t len) {
   mw_http_state_t *st = c->http;
-  if (st->active || st->in_process) {
-    /* A request is being handled: keep the bytes, stop reading. */
-    if (st->pending_len + len > st->max_body + st->max_headers + st->max_line) {
+  if (c->mode != MW_CONN_HTTP) {
+    if (len) c->handler->on_data(c->ud, data, len);
+    return;
+  }
+  if (st->in_process || st->pending_len || must_wait(st)) {
+    /* Parsing waits: keep the bytes (bounded), stop reading. */
+    if (st->pending_len + len > st->max_ahead + 65536) {
       mw__metric_add(m_rej_400, 1);
       mw__conn_close(c);
       return;
     }
     append(&st->pending, &st->pending_len, data, len);
-    mw__conn_read_stop(c);
+    if (st->in_process || must_wait(st)) {
+      mw__conn_read_stop(c);
+      return;
+    }
+    process(c, NULL, 0);
     return;
   }
-  append(&st->pending, &st->pending_len, data, len);
-  process(c);
+  process(c, data, len); /* parsed straight from the read buffer */
 }
 
 /* --- answers ------------------------------------------------------------ */
+
+/* Keeps r's answer until the requests ahead of it are written. */
+static void hold(mw_http_state_t *st, mw_http_request_t *r, int status,
+                 const char *ctype, const char *extra, const char *body,
+                 size_t len) {
+  if (!ctype) ctype = "text/plain";
+  if (!extra) extra = "";
+  size_t cl = strlen(ctype), el = strlen(extra);
+  size_t bl = strcmp(r->method, "HEAD") == 0 ? 0 : len;
+  size_t size = cl + 1 + el + 1 + bl;
+  r->held = mw_xmalloc(size + 1);
+  memcpy(r->held, ctype, cl + 1);
+  memcpy(r->held + cl + 1, extra, el + 1);
+  if (bl) memcpy(r->held + cl + 1 + el + 1, body, bl);
+  r->held[size] = 0;
+  r->held_status = status;
+  r->held_extra = cl + 1;
+  r->held_body = cl + 1 + el + 1;
+  r->held_len = len;
+  r->answered = 1;
+  /* The request's own bytes are no longer needed. */
+  free(r->body);
+  r->body = NULL;
+  r->body_len = 0;
+  r->cost += size;
+  st->out_bytes += size;
+}
+
+/* What follows the head's answer: held answers, a waiting barrier, parsing
+ * the pending bytes, reading on. */
+static void after_answer(mw_conn_t *c, mw_http_state_t *st) {
+  advance(st);
+  if (c->closing || c->mode != MW_CONN_HTTP || st->in_process) return;
+  if (!st->pending_len)
+    mw__conn_read_start(c);
+  else if (!must_wait(st))
+    process(c, NULL, 0);
+}
 
 void mw__http_respond(mw_http_request_t *r, int status,
                       const char *content_type, const char *extra_headers,
                       const char *body, size_t len) {
   mw_conn_t *c = r->conn;
-  if (!c || !c->http || c->http->active != r) {
+  if (!c || !c->http) {
     request_free(r); /* the peer left: nobody to answer */
     return;
   }
   mw_http_state_t *st = c->http;
-  int keep = r->keep_alive && !c->worker->draining;
-  write_response(c, status, content_type, extra_headers, body, len, keep,
-                 strcmp(r->method, "HEAD") == 0);
-  st->active = NULL;
-  request_free(r);
-  if (!keep) {
+  if (r->answered) return; /* a second answer: the handler's mistake */
+  if (r != st->head) {
+    hold(st, r, status, content_type, extra_headers, body, len);
+    return;
+  }
+  if (!write_answer(st, r, status, content_type, extra_headers, body, len)) {
     mw__conn_close(c);
     return;
   }
-  llhttp_resume(&st->parser);
-  mw__conn_idle_timer(c, st->idle_ms);
-  if (!st->in_process) process(c);
+  after_answer(c, st);
 }
 
 void mw__http_respond_json(mw_http_request_t *req, int status,
@@ -463,25 +687,25 @@ mw_conn_t *mw__http_take(mw_http_request_t *r, const char *head,
                          size_t head_len, const mw_stream_handler_t *h,
                          void *ud) {
   mw_conn_t *c = r->conn;
-  if (!c || !c->http || c->http->active != r || c->closing) {
-    request_free(r);
+  if (!c || !c->http) {
+    request_free(r); /* orphaned */
     return NULL;
   }
   mw_http_state_t *st = c->http;
-  st->active = NULL;
+  if (c->closing || r != st->head || r->next || r->answered) {
+    /* Only the sole outstanding request may take the connection (barriers
+     * are dispatched that way); anything else is a handler's mistake. */
+    if (!c->closing)
+      mw_log(MW_LOG_ERROR, "http", "%s: %s %s tried to take a connection "
+             "with other requests outstanding", c->remote, r->method, r->path);
+    mw__http_respond_json(r, 500, "{\"error\":\"cannot take over\"}");
+    return NULL;
+  }
+  dequeue_head(st);
   request_free(r);
   mw__conn_write(c, head, head_len, 1);
   mw__conn_take(c, h, ud);
-  if (!st->in_process) {
-    st->in_process = 1; /* the HTTP side is finished for good */
-    char *rest = st->pending;
-    size_t n = st->pending_len;
-    st->pending = NULL;
-    st->pending_len = 0;
-    mw__conn_read_start(c);
-    if (n) h->on_data(ud, rest, n);
-    free(rest);
-  }
+  if (!st->in_process) hand_over(c, st);
   return c;
 }
 

@@ -1,5 +1,6 @@
-/* HTTP/1.1 on a connection: llhttp parsing with limits, keep-alive, one
- * request handled at a time (pipelined bytes wait), routing, responses. */
+/* HTTP/1.1 on a connection: llhttp parsing with limits, keep-alive,
+ * pipelining (requests handled concurrently, answered in request order),
+ * routing, responses, take-over. */
 #ifndef MW_HTTP_H
 #define MW_HTTP_H
 
@@ -8,16 +9,21 @@
 #include "conn.h"
 #include "moonwire/host.h"
 
+/* Requests parsed ahead and outstanding (being handled or holding an
+ * answer) per connection; past it reading stops until answers go out. */
+#define MW_HTTP_PIPELINE 32
+
 /* Starts HTTP mode on a new connection. */
 void mw__http_start(mw_conn_t *c);
 
 /* Bytes read in HTTP mode. */
 void mw__http_on_data(mw_conn_t *c, const char *data, size_t len);
 
-/* The connection is gone: aborts or orphans a pending request, frees state. */
+/* The connection is gone: orphans every outstanding request (calling its
+ * abort callback, if any), frees the state. */
 void mw__http_on_close(mw_conn_t *c);
 
-/* 1 if no request is being received or handled. */
+/* 1 if no request is outstanding (being handled or holding an answer). */
 int mw__http_idle(const mw_conn_t *c);
 
 /* Writes a complete response (status line, headers, body) on a connection

@@ -2,6 +2,7 @@
 #include "publish.h"
 
 #include <openssl/rand.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +21,12 @@
 #define MW_TRACE_ID_MAX 64
 
 static mw_metric_t *m_published, *m_err_invalid, *m_err_unavail, *m_err_other,
-    *m_err_denied;
+    *m_err_denied, *m_overload;
+static mw_admission_limits_t admission; /* zero: admit everything */
+static _Atomic uint64_t overload_logged_ms; /* rate-limits the warning */
+
+const char mw__publish_overload_reason[] =
+    "overloaded: subscribers cannot be served in time; retry later";
 
 void mw__publish_metrics_init(void) {
   m_published = mw__metric(MW_METRIC_COUNTER, "moonwire_events_published_total",
@@ -34,6 +40,69 @@ void mw__publish_metrics_init(void) {
                             NULL, "reason=\"publish_denied\"");
   m_err_other = mw__metric(MW_METRIC_COUNTER, "moonwire_events_dropped_total",
                            NULL, "reason=\"storage_error\"");
+  m_overload = mw__metric(MW_METRIC_COUNTER, "moonwire_rejected_total",
+                          "Requests or connections rejected, by reason",
+                          "reason=\"overload\"");
+}
+
+/* --- admission control -------------------------------------------------- */
+
+void mw__publish_admission_init(const mw_config_t *cfg) {
+  int64_t b = mw__config_int(cfg, "limits.publish_backlog", 0);
+  int64_t l = mw__config_int(cfg, "limits.publish_lag_ms", 0);
+  admission.backlog_bytes = b > 0 ? (uint64_t)b : 0;
+  admission.lag_ms = l > 0 ? (uint64_t)l : 0;
+}
+
+int mw__admission_decide(const mw_admission_limits_t *lim, uint64_t backlog,
+                         uint64_t lag_ms) {
+  if (lim->backlog_bytes && backlog > lim->backlog_bytes)
+    return MW_ADMIT_BACKLOG;
+  if (lim->lag_ms && lag_ms > lim->lag_ms) return MW_ADMIT_LAG;
+  return MW_ADMIT_OK;
+}
+
+int mw__publish_admit(mw_worker_t *w) {
+  if (!admission.backlog_bytes && !admission.lag_ms) return 0;
+  mw_server_t *s = mw__server();
+  uint64_t now = mw__now_ms();
+  uint64_t backlog = 0, lag = 0;
+  for (unsigned i = 0; s && i < s->nworkers; i++) {
+    mw_worker_t *o = &s->workers[i];
+    /* Bytes queued for its subscribers (without a few laggards' excess,
+     * see server.c), plus what the events already accepted but not fanned
+     * out there will add (at its recent cost per event): a burst read in
+     * one loop turn is counted before it lands. */
+    uint64_t b = o == w ? mw__worker_backlog(o)
+                        : atomic_load_explicit(&o->backlog_bytes,
+                                               memory_order_relaxed);
+    b += (uint64_t)atomic_load_explicit(&o->inbox_depth, memory_order_relaxed) *
+         atomic_load_explicit(&o->event_cost, memory_order_relaxed);
+    if (b > backlog) backlog = b;
+    /* The age of its oldest event not fanned out yet; and the wait its last
+     * batch had, remembered for as long as that wait lasted. */
+    uint64_t since =
+        atomic_load_explicit(&o->lag_since_ms, memory_order_relaxed);
+    if (since && now > since && now - since > lag) lag = now - since;
+    uint64_t bl = atomic_load_explicit(&o->batch_lag_ms, memory_order_relaxed);
+    uint64_t done =
+        atomic_load_explicit(&o->batch_done_ms, memory_order_relaxed);
+    if (bl > lag && done + bl > now) lag = bl;
+  }
+  int why = mw__admission_decide(&admission, backlog, lag);
+  if (why == MW_ADMIT_OK) return 0;
+  mw__metric_add(m_overload, 1);
+  uint64_t last = atomic_load_explicit(&overload_logged_ms, memory_order_relaxed);
+  if (now - last >= 1000 &&
+      atomic_compare_exchange_strong(&overload_logged_ms, &last, now))
+    mw_log(MW_LOG_WARN, "publish",
+           "overloaded, refusing publishes (503): %s (backlog %llu bytes, "
+           "limit %llu; lag %llu ms, limit %llu)",
+           why == MW_ADMIT_BACKLOG ? "outbound backlog" : "fan-out lag",
+           (unsigned long long)backlog,
+           (unsigned long long)admission.backlog_bytes,
+           (unsigned long long)lag, (unsigned long long)admission.lag_ms);
+  return MW_EUNAVAIL;
 }
 
 void mw__iso_now(char out[32]) {
@@ -191,6 +260,18 @@ static int apply_policy(mw_worker_t *w, mw_client_t *origin, const char *topic,
 int mw__publish_json(mw_worker_t *w, const char *topic, const char *event,
                      const char *trace_id, json_t *data, mw_client_t *origin,
                      mw_publish_cb cb, void *ud) {
+  if (mw__publish_admit(w)) {
+    cb(MW_EUNAVAIL, NULL, mw__publish_overload_reason, ud);
+    return 0;
+  }
+  return mw__publish_json_admitted(w, topic, event, trace_id, data, origin, cb,
+                                   ud);
+}
+
+int mw__publish_json_admitted(mw_worker_t *w, const char *topic,
+                              const char *event, const char *trace_id,
+                              json_t *data, mw_client_t *origin,
+                              mw_publish_cb cb, void *ud) {
   if (!topic || !mw__topic_valid(topic, strlen(topic)))
     return invalid(cb, ud, "topic: 1..256 bytes of UTF-8 without spaces, "
                            "control characters or commas");
@@ -234,14 +315,18 @@ int mw__publish_json(mw_worker_t *w, const char *topic, const char *event,
 
 int mw__publish(mw_worker_t *w, const mw_publish_req_t *req,
                 mw_client_t *origin, mw_publish_cb cb, void *ud) {
+  if (mw__publish_admit(w)) { /* before any parsing: push back cheaply */
+    cb(MW_EUNAVAIL, NULL, mw__publish_overload_reason, ud);
+    return 0;
+  }
   json_t *data = NULL;
   if (req->data_json && req->data_len) {
     json_error_t jerr;
     data = json_loadb(req->data_json, req->data_len, 0, &jerr);
     if (!data) return invalid(cb, ud, "data: malformed JSON");
   }
-  int rc = mw__publish_json(w, req->topic, req->event, req->trace_id, data,
-                            origin, cb, ud);
+  int rc = mw__publish_json_admitted(w, req->topic, req->event, req->trace_id,
+                                     data, origin, cb, ud);
   json_decref(data);
   return rc;
 }

@@ -96,17 +96,29 @@ void *mw__storage_wstate(mw_worker_t *w) {
 
 /* --- fan-out across workers --------------------------------------------- */
 
+uint64_t mw__now_ms(void) {
+  return uv_hrtime() / 1000000u + 1; /* never 0: 0 means "nothing pending" */
+}
+
 void mw__server_fanout(mw_event_t *ev) {
   mw_server_t *s = g_server;
+  uint64_t now = 0;
   for (unsigned i = 0; i < s->nworkers; i++) {
     mw_worker_t *w = &s->workers[i];
     uv_mutex_lock(&w->inbox_lock);
     if (w->inbox_cap != SIZE_MAX) { /* SIZE_MAX: the worker has stopped */
+      if (w->inbox_len == 0) { /* the age of the inbox starts now */
+        if (!now) now = mw__now_ms();
+        w->inbox_first_ms = now;
+        if (atomic_load_explicit(&w->lag_since_ms, memory_order_relaxed) == 0)
+          atomic_store_explicit(&w->lag_since_ms, now, memory_order_relaxed);
+      }
       if (w->inbox_len == w->inbox_cap) {
         w->inbox_cap = w->inbox_cap ? w->inbox_cap * 2 : 64;
         w->inbox = mw_xrealloc(w->inbox, w->inbox_cap * sizeof *w->inbox);
       }
       w->inbox[w->inbox_len++] = mw_event_ref(ev);
+      atomic_fetch_add_explicit(&w->inbox_depth, 1, memory_order_relaxed);
       uv_async_send(&w->wakeup);
     }
     uv_mutex_unlock(&w->inbox_lock);
@@ -209,6 +221,24 @@ void mw__server_reload(mw_worker_t *origin,
   }
 }
 
+/* Admission control's view of a batch just fanned out (n events; the
+ * worker's queues held `before` bytes): what one event costs here in queued
+ * bytes (nothing is written during the fan-out: writes go out from the
+ * prepare handle), and how long the batch waited since its first post. */
+static void note_batch(mw_worker_t *w, size_t n, size_t before) {
+  size_t added = w->outbound_bytes > before ? w->outbound_bytes - before : 0;
+  size_t sample = added / n;
+  size_t old = atomic_load_explicit(&w->event_cost, memory_order_relaxed);
+  atomic_store_explicit(&w->event_cost, old ? (3 * old + sample) / 4 : sample,
+                        memory_order_relaxed);
+  atomic_fetch_sub_explicit(&w->inbox_depth, n, memory_order_relaxed);
+  uint64_t since = atomic_load_explicit(&w->lag_since_ms, memory_order_relaxed);
+  uint64_t now = mw__now_ms();
+  atomic_store_explicit(&w->batch_lag_ms, since && now > since ? now - since : 0,
+                        memory_order_relaxed);
+  atomic_store_explicit(&w->batch_done_ms, now, memory_order_relaxed);
+}
+
 static void drain_inbox(mw_worker_t *w) {
   uv_mutex_lock(&w->inbox_lock);
   mw_event_t **batch = w->inbox;
@@ -216,14 +246,23 @@ static void drain_inbox(mw_worker_t *w) {
   if (w->inbox_cap != SIZE_MAX) {
     w->inbox = NULL;
     w->inbox_len = w->inbox_cap = 0;
+    w->inbox_first_ms = 0; /* lag_since_ms keeps the batch's age */
   }
   uv_mutex_unlock(&w->inbox_lock);
   if (w->inbox_cap == SIZE_MAX) return;
+  size_t before = w->outbound_bytes;
   for (size_t i = 0; i < n; i++) {
     if (w->hub) mw__hub_deliver(w->hub, batch[i]);
     mw_event_unref(&batch[i]);
   }
   free(batch);
+  if (n) note_batch(w, n, before);
+  /* The batch is out (queued on the connections): the age is now that of
+   * whatever arrived meanwhile, if anything. */
+  uv_mutex_lock(&w->inbox_lock);
+  atomic_store_explicit(&w->lag_since_ms, w->inbox_first_ms,
+                        memory_order_relaxed);
+  uv_mutex_unlock(&w->inbox_lock);
 }
 
 /* --- worker lifecycle --------------------------------------------------- */
@@ -242,8 +281,73 @@ static void on_presence_refresh(uv_timer_t *t) {
   if (w->hub) mw__hub_presence_refresh(w->hub);
 }
 
+/* The k-th smallest of a[0..n) (k < n); reorders a. */
+static size_t select_kth(size_t *a, size_t n, size_t k) {
+  size_t lo = 0, hi = n - 1;
+  while (lo < hi) {
+    size_t pivot = a[lo + (hi - lo) / 2], i = lo, j = hi;
+    while (i <= j) {
+      while (a[i] < pivot) i++;
+      while (a[j] > pivot) j--;
+      if (i <= j) {
+        size_t t = a[i];
+        a[i] = a[j];
+        a[j] = t;
+        i++;
+        if (j == 0) break;
+        j--;
+      }
+    }
+    if (k <= j) hi = j;
+    else if (k >= i) lo = i;
+    else return a[k];
+  }
+  return a[k];
+}
+
+/* How far the connections are behind, for admission control: the bytes
+ * that connections hold beyond the 90th-percentile queue are a few laggards
+ * (they are closed at their own cap), not a sign that the worker cannot
+ * serve the rest in time. A walk over the connections, so at most every
+ * 10 ms plus 1 ms per 1,000 connections. */
+static void backlog_scan(mw_worker_t *w) {
+  uint64_t now = uv_now(&w->loop);
+  if (now - w->backlog_scan_at < 10 + w->conn_count / 1000) return;
+  w->backlog_scan_at = now;
+  if (w->outbound_bytes == 0) {
+    w->laggard_bytes = 0;
+    return;
+  }
+  if (w->scan_cap < w->conn_count) {
+    w->scan_cap = w->conn_count * 2;
+    free(w->scan_buf);
+    w->scan_buf = mw_xmalloc(w->scan_cap * sizeof *w->scan_buf);
+  }
+  size_t n = 0, total = 0;
+  for (mw_link_t *l = w->conns.next; l != &w->conns && n < w->scan_cap;
+       l = l->next) {
+    mw_conn_t *c = MW_CONTAINER_OF(l, mw_conn_t, link);
+    w->scan_buf[n++] = c->queued;
+    total += c->queued;
+  }
+  size_t p90 = n ? select_kth(w->scan_buf, n, n * 9 / 10) : 0;
+  size_t typical = p90 * n;
+  w->laggard_bytes = total > typical ? total - typical : 0;
+}
+
+size_t mw__worker_backlog(const mw_worker_t *w) {
+  return w->outbound_bytes > w->laggard_bytes
+             ? w->outbound_bytes - w->laggard_bytes
+             : 0;
+}
+
 static void on_flush(uv_prepare_t *p) {
-  mw__conn_flush_dirty(p->data);
+  mw_worker_t *w = p->data;
+  mw__conn_flush_dirty(w);
+  /* Once per loop turn: what the other workers' admission control sees. */
+  backlog_scan(w);
+  atomic_store_explicit(&w->backlog_bytes, mw__worker_backlog(w),
+                        memory_order_relaxed);
 }
 
 static void close_listener(mw_worker_t *w) {
@@ -268,6 +372,11 @@ static void worker_finish(mw_worker_t *w) {
   w->inbox = NULL;
   w->inbox_len = 0;
   w->inbox_cap = SIZE_MAX;
+  /* Nothing pending here any more: no reason to push publishers back. */
+  atomic_store_explicit(&w->lag_since_ms, 0, memory_order_relaxed);
+  atomic_store_explicit(&w->backlog_bytes, 0, memory_order_relaxed);
+  atomic_store_explicit(&w->inbox_depth, 0, memory_order_relaxed);
+  atomic_store_explicit(&w->batch_lag_ms, 0, memory_order_relaxed);
   uv_mutex_unlock(&w->inbox_lock);
   mw__hub_free(w->hub);
   w->hub = NULL;
@@ -383,6 +492,8 @@ static void worker_main(void *arg) {
                   w->id, uv_strerror(crc));
   free(w->read_buf);
   w->read_buf = NULL;
+  free(w->scan_buf);
+  w->scan_buf = NULL;
   workers_done++;
 }
 
@@ -587,6 +698,7 @@ int mw__server_run(mw_config_t *cfg) {
   mw__conn_metrics_init();
   mw__hub_metrics_init();
   mw__publish_metrics_init();
+  mw__publish_admission_init(cfg);
   mw__client_metrics_init();
   mw__api_register(s);
   mw__demo_register(s);

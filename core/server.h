@@ -42,6 +42,30 @@ struct mw_worker {
   mw_link_t dirty;        /* connections with writes to flush */
   size_t conn_count;
   size_t outbound_bytes;  /* sum of every connection's queued bytes */
+  /* conn.c: one timer for every connection deadline (created with the first
+   * connection, closed with the last), and the deadlines by kind, each list
+   * in deadline order */
+  uv_timer_t *conn_timer;
+  uint64_t conn_timer_due; /* loop time it is armed for, or UINT64_MAX */
+  mw_link_t conn_idle;     /* HTTP idle deadlines */
+  mw_link_t conn_closing;  /* close (flush) deadlines */
+  size_t conn_cap;         /* limits.outbound_queue: bytes per connection */
+  /* Publish admission control (publish.c), read by any worker without a
+   * lock: */
+  _Atomic size_t backlog_bytes;  /* outbound_bytes at the last loop turn */
+  _Atomic uint64_t lag_since_ms; /* mw__now_ms() when the oldest event not
+                                  * yet fanned out here was posted; 0: none */
+  _Atomic size_t inbox_depth;    /* events posted here, not yet fanned out */
+  _Atomic size_t event_cost;     /* bytes one fanned-out event queues here
+                                  * (recent average) */
+  _Atomic uint64_t batch_lag_ms; /* post-to-fanned-out time of the last batch */
+  _Atomic uint64_t batch_done_ms; /* when that batch was out */
+  uint64_t inbox_first_ms;       /* same for the inbox only (inbox_lock) */
+  size_t laggard_bytes;   /* bytes queued beyond what the 90th-percentile
+                           * connection has, at the last scan */
+  uint64_t backlog_scan_at; /* loop time of that scan */
+  size_t *scan_buf;       /* scratch for the scan */
+  size_t scan_cap;
   int draining;
   int stopping;
   char *read_buf;         /* one read buffer per loop */
@@ -95,6 +119,14 @@ void mw__server_install(mw_server_t *s);
 /* Hands a sealed event to every worker's hub (takes one reference per
  * worker). Any thread. Order is preserved per caller. */
 void mw__server_fanout(mw_event_t *ev);
+
+/* Milliseconds of a monotonic clock that every thread shares. */
+uint64_t mw__now_ms(void);
+
+/* The worker's delivery backlog for admission control: its queued outbound
+ * bytes, without what a few laggards hold beyond the 90th-percentile
+ * connection (as of the last scan). Worker thread of w. */
+size_t mw__worker_backlog(const mw_worker_t *w);
 
 /* Runs fn(w, arg) on w's loop soon (any thread). Returns 0, or MW_ECLOSED
  * if the worker has stopped (fn will not run). */

@@ -5,7 +5,7 @@ target_include_directories(mw_test_fixture PUBLIC ${CMOCKA_INCLUDE}
   ${CMAKE_CURRENT_LIST_DIR}/../unit)
 target_link_libraries(mw_test_fixture PUBLIC mw_core ${CMOCKA_LIB})
 
-foreach(name http hub event config codec)
+foreach(name http hub event config codec admission conn)
   add_executable(test_${name} ${CMAKE_CURRENT_LIST_DIR}/../unit/test_${name}.c)
   target_link_libraries(test_${name} PRIVATE mw_test_fixture)
   add_test(NAME test_${name} COMMAND test_${name})

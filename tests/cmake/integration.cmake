@@ -5,9 +5,12 @@
 set(MW_INTEGRATION_MODULES
   test_cli
   test_http
+  test_http_pipelining
   test_websocket
   test_badinput
   test_slow_consumer
+  test_overload
+  test_idle_memory
   test_fanout)
 foreach(module ${MW_INTEGRATION_MODULES})
   add_test(NAME integration.${module}
@@ -20,7 +23,7 @@ foreach(module ${MW_INTEGRATION_MODULES})
 endforeach()
 # Many sockets at once: keep them off each other's toes under ctest -j.
 set_tests_properties(integration.test_fanout integration.test_badinput
-  PROPERTIES RUN_SERIAL TRUE)
+  integration.test_idle_memory PROPERTIES RUN_SERIAL TRUE)
 
 # Presence and WebSocket recovery.
 add_test(NAME integration.test_presence_recovery

@@ -143,16 +143,5 @@ mw_conn_t *fixture_conn(core_fixture_t *f) {
 }
 
 char *fixture_output(const mw_conn_t *c, size_t *len) {
-  size_t total = 0;
-  for (size_t i = 0; i < c->qcount; i++)
-    total += c->q[(c->qhead + i) % c->qcap].len;
-  char *out = mw_xmalloc(total + 1), *p = out;
-  for (size_t i = 0; i < c->qcount; i++) {
-    const mw_out_t *o = &c->q[(c->qhead + i) % c->qcap];
-    memcpy(p, o->base ? o->base : o->inline_buf, o->len);
-    p += o->len;
-  }
-  *p = 0;
-  if (len) *len = total;
-  return out;
+  return mw__conn_pending_copy(c, len);
 }

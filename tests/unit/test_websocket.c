@@ -1039,6 +1039,56 @@ static void test_ping_and_idle(void **st) {
   expect_close(c, 1001, "idle timeout");
 }
 
+/* An idle session holds no wslay context: it is made for the bytes of a
+ * frame and dropped at the next quiet frame boundary; a partial frame or an
+ * open fragmented message keeps it. */
+static void test_idle_session_has_no_wslay_context(void **st) {
+  mw_conn_t *c = connect_ws(NULL, NULL);
+  ws_session_t *s = session_of(c);
+  assert_null(s->ctx);
+  send_text(c, "{\"type\":\"ping\",\"id\":\"p1\"}");
+  json_t *j = read_json(c);
+  assert_json_str(j, "id", "p1");
+  json_decref(j);
+  assert_null(s->ctx);
+  /* Half a frame (header split too), then the rest. */
+  const char *msg = "{\"type\":\"ping\",\"id\":\"p2\"}";
+  uint8_t buf[64];
+  size_t n = build_frame(buf, 1, WSLAY_TEXT_FRAME, msg, strlen(msg));
+  fake_conn_feed(c, buf, 1);
+  assert_non_null(s->ctx);
+  fake_conn_feed(c, buf + 1, 9);
+  assert_non_null(s->ctx);
+  fake_conn_feed(c, buf + 10, n - 10);
+  j = read_json(c);
+  assert_json_str(j, "id", "p2");
+  json_decref(j);
+  assert_null(s->ctx);
+  /* A fragmented message, a control frame between its fragments. */
+  send_frame(c, 0, WSLAY_TEXT_FRAME, "{\"type\":", 8);
+  assert_non_null(s->ctx);
+  send_frame(c, 1, WSLAY_PING, "hb", 2);
+  sframe_t f;
+  assert_true(read_frame(c, &f));
+  assert_int_equal(f.opcode, WSLAY_PONG);
+  assert_non_null(s->ctx);
+  const char *rest = "\"ping\",\"id\":\"p3\"}";
+  send_frame(c, 1, WSLAY_CONTINUATION_FRAME, rest, strlen(rest));
+  j = read_json(c);
+  assert_json_str(j, "id", "p3");
+  json_decref(j);
+  assert_null(s->ctx);
+  /* A server ping makes one for its send only. */
+  ws_session_tick(s, s->next_ping);
+  assert_true(read_frame(c, &f));
+  assert_int_equal(f.opcode, WSLAY_PING);
+  assert_null(s->ctx);
+  assert_false(c->closed);
+  /* Closing keeps it: the close frame was sent through it. */
+  mw_plugin_v1.worker_drain(g_wstate);
+  expect_close(c, 1001, "going away");
+}
+
 static void test_idle_timer_fires(void **st) {
   mw_conn_t *c = connect_ws(NULL, NULL);
   uint64_t t0 = uv_now(&loop);
@@ -1148,6 +1198,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_publish_sync_fanout, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_ping_and_idle, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_idle_session_has_no_wslay_context,
+                                      setup, teardown),
       cmocka_unit_test_setup_teardown(test_idle_timer_fires, setup_idle1,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_drain_1001, setup, teardown),

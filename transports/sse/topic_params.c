@@ -132,6 +132,9 @@ int tp_parse(const char *topics, const char *cursor, tp_list_t *out, char *err,
     }
     json_decref(pos);
   }
+  /* Room was made for the most topics a request may name: keep n. */
+  tp_topic_t *fit = realloc(out->t, out->n * sizeof *out->t);
+  if (fit) out->t = fit;
   return 0;
 oom:
   tp_err(err, err_len, "out of memory");

@@ -255,6 +255,7 @@ static int ws_worker_start(void *state, mw_worker_t *w, void **wstate) {
   ws->p = p;
   ws->w = w;
   ws->loop = p->host->worker_loop(w);
+  ws_wheel_init(ws);
   *wstate = ws;
   return 0;
 }
@@ -274,7 +275,7 @@ static void ws_worker_stop(void *wstate) {
   ws_worker_t *ws = wstate;
   while (ws->sessions)
     ws_session_detach(ws->sessions);
-  free(ws);
+  ws_wheel_close(ws); /* frees ws once the loop closed the timer */
 }
 
 static void ws_destroy(void *state) {

@@ -74,47 +74,74 @@ typedef struct ws_plugin {
 
 typedef struct ws_session ws_session_t;
 
-/* Per-worker state: the live sessions, for drain and stop. */
+/* An intrusive doubly linked list node (a list head is a node too). */
+typedef struct ws_link {
+  struct ws_link *prev, *next;
+} ws_link_t;
+
+/* The timer wheel: one slot per WS_WHEEL_TICK ms, WS_WHEEL_SLOTS slots. A
+ * session sits in the slot of its next deadline (server ping or idle
+ * close), never later; a tick re-files the sessions whose deadline moved
+ * (bytes received) instead of moving them on every read. Deadlines fire at
+ * most one tick late, never early. */
+#define WS_WHEEL_TICK 100 /* ms */
+#define WS_WHEEL_SLOTS 1024
+
+/* Per-worker state: the live sessions (drain, stop) and the timer wheel. */
 typedef struct ws_worker {
   ws_plugin_t *p;
   mw_worker_t *w;
   uv_loop_t *loop;
   ws_session_t *sessions; /* doubly linked through prev/next */
   int draining;
+  uv_timer_t timer;   /* ticks while the wheel holds a session */
+  uint64_t wheel_now; /* the last tick served (loop ms / WS_WHEEL_TICK) */
+  size_t wheel_count; /* sessions in the wheel */
+  ws_link_t wheel[WS_WHEEL_SLOTS];
 } ws_worker_t;
 
+/* Bytes borrowed for the length of a call: data, len, and how far read. */
+typedef struct ws_bytes {
+  char *data;
+  size_t len, off;
+} ws_bytes_t;
+
 /* One WebSocket connection. Reference-counted: the connection holds one
- * (dropped in on_close), the timer one (dropped in its close callback), each
- * pending async host call one, and every entry point a temporary guard. The
- * last reference frees the wslay context and the memory. */
+ * (dropped in on_close), each pending async host call one, and every entry
+ * point a temporary guard. The last reference frees the memory.
+ *
+ * An idle session holds no wslay context (about 8.7 KiB of buffers): one is
+ * made when bytes arrive or a frame is sent, and freed once wslay is quiet
+ * again (at a frame boundary, nothing queued, no close under way). The
+ * frame boundaries are tracked here (rx_*). */
 struct ws_session {
   ws_worker_t *ws; /* NULL once detached by worker_stop */
   ws_plugin_t *p;
   const mw_host_v1_t *host;
   mw_worker_t *w;
-  uv_loop_t *loop;
   mw_conn_t *conn;     /* NULL before http_take returned and after on_close */
   mw_client_t *client; /* NULL after on_close */
-  wslay_event_context_ptr ctx;
-  ws_proto_t proto;
-  uv_timer_t timer;
+  wslay_event_context_ptr ctx; /* NULL while idle */
+  ws_link_t wheel_link;        /* in ws->wheel while in_wheel */
   uint64_t last_rx;   /* loop time (ms) of the last bytes received */
   uint64_t next_ping; /* loop time (ms) of the next server ping */
   ws_session_t *prev, *next;
   unsigned refs;
   unsigned in_wslay; /* > 0 inside wslay_event_recv/send: sends wait */
-  const uint8_t *in; /* bytes being fed to wslay_event_recv */
-  size_t in_len, in_off;
-  char *pending; /* bytes that arrived while http_take ran */
-  size_t pending_len;
+  ws_bytes_t *in;      /* bytes being fed to wslay_event_recv (on the stack) */
+  ws_bytes_t *pending; /* bytes that arrived while http_take ran (ditto) */
+  uint64_t rx_left;    /* payload bytes of the current input frame to come */
+  uint8_t rx_hdr[10];  /* header bytes of the input frame (mask key left out) */
+  uint8_t rx_hlen;     /* header bytes seen, mask key included */
+  unsigned proto : 1;      /* ws_proto_t */
+  unsigned rx_in_msg : 1;  /* a fragmented data message is open */
   unsigned taking : 1;     /* inside http_take */
   unsigned closing : 1;    /* conn_close called */
   unsigned closed : 1;     /* on_close ran (or the take failed) */
   unsigned fail_close : 1; /* a close is queued: conn_close after send */
   unsigned close_counted : 1;
   unsigned in_list : 1;
-  unsigned timer_started : 1;
-  unsigned timer_closed : 1;
+  unsigned in_wheel : 1;
   unsigned authed : 1;     /* host->client_connect allowed the client */
   const char *close_reason; /* static text for on_disconnect, or NULL */
 };
@@ -169,13 +196,18 @@ void ws_session_abort(ws_session_t *s, uint16_t code, const char *reason);
 
 void ws_session_flush(ws_session_t *s);
 
-/* The timer's work at loop time `now` (ms): idle close, server ping, re-arm.
- * Exposed for tests. */
+/* A session's deadline work at loop time `now` (ms): idle close, server
+ * ping, then files it in the wheel again. Exposed for tests. */
 void ws_session_tick(ws_session_t *s, uint64_t now);
 
-/* worker_stop: unlinks `s` from its worker, closes its timer and the
+/* worker_stop: unlinks `s` from its worker and its wheel and closes the
  * connection; the session lives until the core's on_close. */
 void ws_session_detach(ws_session_t *s);
+
+/* Sets up / tears down a worker's timer wheel (worker_start, worker_stop;
+ * the stop closes the timer and frees `ws` in its close callback). */
+void ws_wheel_init(ws_worker_t *ws);
+void ws_wheel_close(ws_worker_t *ws);
 
 /* Writes the header of one unmasked final frame of `opcode` carrying `len`
  * bytes into `hdr` (10 bytes); returns its length (2, 4 or 10). */
