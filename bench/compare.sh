@@ -16,7 +16,8 @@
 #   CMP_C_SUBS 1000, CMP_C_RATE 1000, CMP_C_SECONDS 5
 #   CMP_D_SIZES "1000 5000 18000"
 #   CMP_E_SUBS 10000, CMP_E_RATES 200,500,1000,2000, CMP_E_STEP_S 5
-#   CMP_G_SUBS 1000, CMP_G_EVENTS 2000
+#   CMP_W_SUBS 1000, CMP_W_EVENTS 2000 (w: --workers 1 vs 2)
+#   CMP_O_SUBS 1000, CMP_O_EVENTS 5000 (o: overload, publisher flat out)
 CMP_A_SIZES=${CMP_A_SIZES:-1000 10000}
 CMP_B_SUBS=${CMP_B_SUBS:-10000}
 CMP_B_RATES=${CMP_B_RATES:-1000,2000,5000,10000}
@@ -29,10 +30,13 @@ CMP_D_SIZES=${CMP_D_SIZES:-1000 5000 18000}
 CMP_E_SUBS=${CMP_E_SUBS:-10000}
 CMP_E_RATES=${CMP_E_RATES:-200,500,1000,2000}
 CMP_E_STEP_S=${CMP_E_STEP_S:-5}
-CMP_G_SUBS=${CMP_G_SUBS:-1000}
-CMP_G_EVENTS=${CMP_G_EVENTS:-2000}
+CMP_W_SUBS=${CMP_W_SUBS:-1000}
+CMP_W_EVENTS=${CMP_W_EVENTS:-2000}
+CMP_O_SUBS=${CMP_O_SUBS:-1000}
+CMP_O_EVENTS=${CMP_O_EVENTS:-5000}
 TARGETS=(moonwire nchan fastapi)
-ONLY=${ONLY:-a,b,c,d,e,g}
+ALL_SCENARIOS=a,b,c,d,e,o,w
+ONLY=${ONLY:-$ALL_SCENARIOS}
 want() { case ",$ONLY," in *",$1,"*) return 0 ;; esac; return 1; }
 
 # The largest run holds 18,000 idle connections (+ a few): both the load
@@ -49,7 +53,7 @@ fi
 
 CMP_RUNS=$RESULTS_DIR/compare_runs.jsonl
 # ONLY=...: keep the other scenarios' earlier runs
-if [ -s "$CMP_RUNS" ] && [ "$ONLY" != a,b,c,d,e,g ]; then
+if [ -s "$CMP_RUNS" ] && [ "$ONLY" != "$ALL_SCENARIOS" ]; then
   "$PY" - "$CMP_RUNS" "$ONLY" <<'EOF'
 import json, sys
 path, only = sys.argv[1], sys.argv[2].split(",")
@@ -70,7 +74,7 @@ cmp_run() {
   local d=$TMP/cmp-$sc-$label-$target-$run pids port log rc=0 t0
   mkdir -p "$d"
   case $target in
-    moonwire) start_mw "$d/server.log"; pids=$MW_PID port=$MW_PORT log=$d/server.log ;;
+    moonwire) start_mw "$d/server.log" ${MW_ARGS:-}; pids=$MW_PID port=$MW_PORT log=$d/server.log ;;
     nchan) start_nchan "$d/ngx" "$ROOT/bench/peers/nchan.conf"
            pids=$NGX_PIDS port=$NGX_PORT log=$d/ngx/error.log ;;
     fastapi) start_fastapi "$d/server.log"; pids=$FA_PID port=$FA_PORT log=$d/server.log ;;
@@ -179,19 +183,34 @@ for run in $(seq "$RUNS"); do
         fi
       done
     fi
+    if want o && [ "$target" != fastapi ]; then
+      # overload: the publisher flat out (256 in flight, 503/429 + Retry-After
+      # honoured); moonwire with its push-back (default limits) and without
+      # (limits.publish_backlog = 0, publish_lag_ms = 0); nchan has none
+      # (FastAPI: no push-back either, and too slow for this many events)
+      oev=$CMP_O_EVENTS
+      [ "$target" = nchan ] && [ "$oev" -gt 1000 ] && oev=1000
+      cmp_run o push-back "$target" "$run" --subs "$CMP_O_SUBS" --events "$oev" \
+        --window 256 --pad 100 --overload 1
+      if [ "$target" = moonwire ]; then
+        echo 'return { limits = { publish_backlog = 0, publish_lag_ms = 0 } }' >"$TMP/no-push-back.lua"
+        MW_ARGS="--config $TMP/no-push-back.lua" cmp_run o no-push-back moonwire "$run" \
+          --subs "$CMP_O_SUBS" --events "$oev" --window 256 --pad 100 --overload 1
+      fi
+    fi
     if want e; then
       cmp_run e "$CMP_E_SUBS" "$target" "$run" --subs "$CMP_E_SUBS" \
         --churn-rates "$CMP_E_RATES" --step-s "$CMP_E_STEP_S" --step-drain 5 \
         --churn-pub-rate 200 --churn-max 4000 --src-addrs 32
     fi
   done
-  if want g; then
+  if want w; then
     # --workers 1 vs 2: nothing pinned (the load generator shares the cores)
     save0=("${PIN0[@]}") save1=("${PIN1[@]}")
     PIN0=() PIN1=()
     for w in 1 2; do
-      MW_WORKERS=$w cmp_run g "w$w" moonwire "$run" --subs "$CMP_G_SUBS" \
-        --events "$CMP_G_EVENTS" --window 32 --pad 100
+      MW_WORKERS=$w cmp_run w "w$w" moonwire "$run" --subs "$CMP_W_SUBS" \
+        --events "$CMP_W_EVENTS" --window 32 --pad 100
     done
     PIN0=("${save0[@]}") PIN1=("${save1[@]}")
   fi
