@@ -34,6 +34,8 @@ static const known_key_t known[] = {
     {"redis_timeout_ms", K_INT, 1, NULL, "2000",
      "milliseconds a Redis command may take before its connection is reset"},
     {"redis_prefix", K_STR, 1, NULL, "mw:", "prefix of moonwire's Redis keys"},
+    {"redis_max_pending", K_INT, 0, NULL, "4096", NULL},
+    {"redis_max_pending_bytes", K_INT, 0, NULL, "67108864", NULL},
     {"policy", K_STR, 1, NULL, NULL,
      "Lua policy script (default: the built-in scripts/default.lua)"},
     {"plugin_dir", K_STR, 1, NULL, NULL, "directory of plugin *.so files"},
@@ -392,7 +394,7 @@ int mw__config_load(mw_config_t *cfg, int argc, char **argv, char *err,
       "limits.max_request_line", "limits.max_topics_per_connection",
       "limits.outbound_queue", "limits.idle_timeout", "limits.ping_interval",
       "drain_timeout", "limits.hook_budget_ms", "limits.lua_memory",
-      "redis_timeout_ms"};
+      "redis_timeout_ms", "redis_max_pending", "redis_max_pending_bytes"};
   for (size_t i = 0; i < sizeof positive / sizeof positive[0]; i++)
     if (mw__config_int(cfg, positive[i], 1) < 1)
       return fail(err, errlen, "'%s' must be a positive integer", positive[i]);

@@ -267,3 +267,25 @@ uint64_t rd_backoff_next(uint64_t prev_ms, uint64_t min_ms, uint64_t max_ms) {
   if (prev_ms < min_ms) return min_ms;
   return prev_ms >= max_ms / 2 ? max_ms : prev_ms * 2;
 }
+
+int rd_order_local(rd_order_t *o, uint64_t seq, const char *epoch) {
+  if (!o->seq || seq != o->seq + 1 || !epoch || strcmp(o->epoch, epoch) != 0)
+    return 0;
+  o->seq = seq;
+  return 1;
+}
+
+int rd_order_echo(rd_order_t *o, uint64_t seq, const char *epoch) {
+  if (!epoch || !*epoch || strlen(epoch) >= RD_EPOCH_MAX) return 1;
+  if (o->seq && seq <= o->seq && strcmp(o->epoch, epoch) == 0) return 0;
+  o->seq = seq;
+  snprintf(o->epoch, sizeof o->epoch, "%s", epoch);
+  return 1;
+}
+
+int rd_pending_admit(size_t n, size_t bytes, size_t add, size_t max_n,
+                     size_t max_bytes) {
+  if (max_n && n >= max_n) return 0;
+  if (max_bytes && (bytes > max_bytes || add > max_bytes - bytes)) return 0;
+  return 1;
+}

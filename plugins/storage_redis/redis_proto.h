@@ -77,6 +77,34 @@ int rd_history_item(const char *s, size_t n, const char **json, size_t *len);
 int rd_split_message(const char *payload, size_t n, char *epoch,
                      const char **json, size_t *jlen);
 
+/* This node's delivery order of one topic: the last seq handed to
+ * host->fanout and its epoch (seq 0: none yet). Publish replies may be fanned
+ * out before their pub/sub echo only when they directly follow it, so that
+ * every node-local subscriber still sees seqs in order, each once. */
+typedef struct rd_order {
+  uint64_t seq;
+  char epoch[RD_EPOCH_MAX];
+} rd_order_t;
+
+/* A publish reply (seq, epoch) of this node: 1 when it may be fanned out now
+ * (it is the successor of the last event fanned out, in the same epoch; the
+ * order then records it), 0 when it must wait for its pub/sub echo (an
+ * earlier event of another publisher may still be on its way). */
+int rd_order_local(rd_order_t *o, uint64_t seq, const char *epoch);
+
+/* A sequenced pub/sub message: 1 when it is to be fanned out (recorded), 0
+ * when this node already fanned it out (its own publish, delivered at the
+ * reply: the echo is a duplicate). A message of another epoch, or past a
+ * gap, is fanned out and restarts the order there. */
+int rd_order_echo(rd_order_t *o, uint64_t seq, const char *epoch);
+
+/* Admission of one more command on a connection that has `n` commands
+ * (`bytes` bytes of arguments) sent or queued and unanswered: 1 when
+ * n < max_n and bytes + add <= max_bytes (0 means no limit), 0 when the
+ * caller must fail fast (the connection is saturated). */
+int rd_pending_admit(size_t n, size_t bytes, size_t add, size_t max_n,
+                     size_t max_bytes);
+
 /* Exponential backoff: the delay after `prev_ms` (0: the first) doubling
  * from `min_ms` up to `max_ms`. */
 uint64_t rd_backoff_next(uint64_t prev_ms, uint64_t min_ms, uint64_t max_ms);

@@ -6,8 +6,11 @@
  * channel of every topic some worker of this node has subscribers for
  * (storage->interest, counted node-wide under a mutex; other workers hand it
  * the change through a uv_async) and delivers every message it receives with
- * host->fanout, in the order Redis sends them. Delivery on every node, also
- * the publisher's, happens only there.
+ * host->fanout, in the order Redis sends them. The publishing node fans its
+ * own event out at the script's reply already when that event directly
+ * follows the last one it fanned out for the topic (same epoch), and drops
+ * the echo; otherwise the echo delivers it (per-topic rd_order_t under
+ * g->lock: in seq order, each once, on every worker).
  *
  * Keys (KEY = redis_prefix, default "mw:", then "{topic}" so that one
  * topic's keys share a Redis Cluster hash slot):
@@ -25,7 +28,12 @@
  *
  * Publish is one EVALSHA (EVAL after NOSCRIPT): HINCRBY seq, build the
  * envelope by concatenation, ZADD + trim, PUBLISH, return {seq, epoch}; the
- * publisher then seals its draft with them. Two nodes publishing to one topic
+ * publisher then seals its draft with them. Nothing waits for a reply
+ * before sending the next command: every command a loop turn queues goes
+ * out in one write at the end of the turn (redis_uv.h) and hiredis matches
+ * the replies in order. A connection takes at most redis_max_pending
+ * commands (redis_max_pending_bytes of arguments) in flight; beyond that a
+ * call fails at once with MW_EUNAVAIL (publish: 503) and counts as "busy". Two nodes publishing to one topic
  * are serialized by Redis: seqs have no gap and no duplicate, and the
  * channel carries them in seq order.
  *
@@ -43,7 +51,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -83,8 +94,11 @@
 static const char rd_lua_publish[] =
     RD_LUA_EXPIRE
     "local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)\n"
-    "redis.call('HSETNX', KEYS[1], 'epoch', ARGV[7])\n"
     "local epoch = redis.call('HGET', KEYS[1], 'epoch')\n"
+    "if not epoch then\n"
+    "  epoch = ARGV[7]\n"
+    "  redis.call('HSET', KEYS[1], 'epoch', epoch)\n"
+    "end\n"
     "local s = string.format('%d', seq)\n"
     "local json = ARGV[2] .. s .. ARGV[3] .. s .. ARGV[4]\n"
     "local size = tonumber(ARGV[5])\n"
@@ -213,11 +227,13 @@ enum {
   RD_E_CONNECT, /* a connection failed or dropped */
   RD_E_AUTH,    /* AUTH or SELECT refused */
   RD_E_MESSAGE, /* a pub/sub message that is not ours */
+  RD_E_BUSY,    /* a call refused: too many commands in flight */
   RD_E_COUNT
 };
 
 static const char *const rd_reason_names[RD_E_COUNT] = {
-    "reply_type", "script_error", "timeout", "connect", "auth", "message"};
+    "reply_type", "script_error", "timeout", "connect", "auth", "message",
+    "busy"};
 
 /* --- state ---------------------------------------------------------------- */
 
@@ -229,6 +245,7 @@ typedef struct rd_topic {
   int inflight;    /* a (UN)SUBSCRIBE awaits its answer */
   int subscribed;  /* Redis confirmed the SUBSCRIBE */
   int dirty;       /* in g->dirty: want changed */
+  rd_order_t order; /* the last seq fanned out on this node (g->lock) */
   struct rd_topic *next_dirty;
   UT_hash_handle hh;
 } rd_topic_t;
@@ -241,6 +258,8 @@ typedef struct rd_global {
   size_t hist_size;
   uint64_t ttl_ms;
   uint64_t timeout_ms;
+  size_t max_pending;       /* commands per connection in flight (0: no cap) */
+  size_t max_pending_bytes; /* their argument bytes (0: no cap) */
   char sha[RD_S_COUNT][41];
   unsigned nconns;      /* workers + 1 (pub/sub) */
   atomic_uint nup;      /* connections up */
@@ -278,6 +297,8 @@ typedef struct rd_worker {
   uv_timer_t park;      /* parked reads */
   rd_req_t *pending;    /* sent, oldest first (circular doubly linked) */
   rd_req_t *parked;     /* waiting for a SUBSCRIBE confirmation */
+  size_t nqueued;       /* admitted calls not answered yet (pending+parked) */
+  size_t queued_bytes;  /* their argument bytes */
 
   /* the pub/sub connection: worker 0 only */
   int has_ps;
@@ -298,6 +319,9 @@ struct rd_req {
   int kind;
   int script; /* RD_S_* or -1 for a plain command */
   int retried;
+  int admitted; /* counted in ws->nqueued / queued_bytes */
+  int internal; /* heartbeat: never refused */
+  size_t bytes; /* sum of argvlen */
   int argc;
   char **argv; /* argv[0..1] static for scripts; the rest owned */
   size_t *argvlen;
@@ -319,6 +343,13 @@ static uint64_t rd_now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* 1 when `t` (a stamp of rd_now_ms) is more than `limit` ms before `now`.
+ * A stamp taken after `now` (a command sent while `now` was already read)
+ * is not old: unsigned `now - t` would wrap and call it ancient. */
+static int rd_older(uint64_t now, uint64_t t, uint64_t limit) {
+  return now > t && now - t > limit;
 }
 
 static void *rd_xcalloc(size_t n, size_t sz) {
@@ -446,11 +477,38 @@ static rd_req_t *rd_req_new(rd_worker_t *ws, int kind, int script, int nkeys,
   for (int i = 0; i < nargs; i++) {
     r->argv[extra + i] = rd_xstrndup(args[i], lens[i]);
     r->argvlen[extra + i] = lens[i];
+    r->bytes += lens[i];
   }
   return r;
 }
 
+/* Counts a caller's request against the worker's cap on calls in flight:
+ * 0, or MW_EUNAVAIL (counted as "busy") when the connection already has
+ * redis_max_pending commands or redis_max_pending_bytes unanswered. Fails
+ * fast instead of queueing without bound behind a slow Redis. */
+static int rd_admit(rd_req_t *r) {
+  rd_worker_t *ws = r->ws;
+  rd_global_t *g = ws->g;
+  if (r->admitted || r->internal) return 0;
+  if (!rd_pending_admit(ws->nqueued, ws->queued_bytes, r->bytes,
+                        g->max_pending, g->max_pending_bytes)) {
+    rd_error(g, RD_E_BUSY,
+             "worker %u: %zu Redis commands (%zu bytes) in flight: refusing "
+             "more until Redis catches up",
+             ws->id, ws->nqueued, ws->queued_bytes);
+    return MW_EUNAVAIL;
+  }
+  r->admitted = 1;
+  ws->nqueued++;
+  ws->queued_bytes += r->bytes;
+  return 0;
+}
+
 static void rd_req_free(rd_req_t *r) {
+  if (r->admitted) {
+    r->ws->nqueued--;
+    r->ws->queued_bytes -= r->bytes;
+  }
   int first = r->script >= 0 ? 2 : 0;
   for (int i = first; i < r->argc; i++) free(r->argv[i]);
   free(r->argv);
@@ -466,6 +524,10 @@ static void rd_on_reply(redisAsyncContext *ac, void *reply, void *priv);
 static int rd_send(rd_req_t *r) {
   rd_worker_t *ws = r->ws;
   if (!ws->ac || ws->stopping) return MW_EUNAVAIL;
+  if (rd_admit(r)) return MW_EUNAVAIL;
+  /* Queued in hiredis' output buffer; everything this loop turn queues is
+   * written at once from the check phase (redis_uv.h): a pipeline, the
+   * replies matched in order. */
   if (redisAsyncCommandArgv(ws->ac, rd_on_reply, r, r->argc,
                             (const char **)r->argv, r->argvlen) != REDIS_OK)
     return MW_EUNAVAIL;
@@ -489,6 +551,22 @@ static void rd_fail(rd_req_t *r, int status) {
   rd_req_free(r);
 }
 
+/* This node's own publish, sealed: when the topic has local subscribers and
+ * the event directly follows the last one fanned out here (same epoch), fan
+ * it out now rather than one pub/sub round trip later; its echo is then
+ * dropped (rd_order_echo). Otherwise the echo delivers it, in order behind
+ * the events of other publishers still on their way. Under g->lock, which
+ * also orders every fan-out of the pub/sub connection, so every inbox gets a
+ * topic's events in seq order, each once. */
+static void rd_fanout_local(rd_global_t *g, mw_event_t *ev) {
+  pthread_mutex_lock(&g->lock);
+  rd_topic_t *t = NULL;
+  HASH_FIND_STR(g->topics, ev->topic, t);
+  if (t && t->want > 0 && rd_order_local(&t->order, ev->seq, ev->epoch))
+    g->host->fanout(ev);
+  pthread_mutex_unlock(&g->lock);
+}
+
 static void rd_done_publish(rd_req_t *r, const redisReply *rep) {
   rd_worker_t *ws = r->ws;
   const mw_host_v1_t *host = ws->g->host;
@@ -508,6 +586,7 @@ static void rd_done_publish(rd_req_t *r, const redisReply *rep) {
     rd_fail(r, rc);
     return;
   }
+  rd_fanout_local(ws->g, r->draft);
   r->pcb(0, r->draft, r->ud);
   rd_req_free(r);
 }
@@ -721,10 +800,12 @@ static void rd_cmd_on_disconnect(const redisAsyncContext *ac, int status) {
   rd_worker_t *ws = ac->data;
   if (ws->ac != ac) return; /* dropped on purpose: handled there */
   ws->ac = NULL;
-  if (!ws->stopping)
+  if (!ws->stopping) {
+    ws->g->host->metric_add(ws->g->m_errors[RD_E_CONNECT], 1);
     ws->g->host->log(MW_LOG_WARN, RD_SUBSYS,
                      "worker %u: Redis connection lost: %s", ws->id,
                      ac->err ? ac->errstr : "closed by the server");
+  }
   rd_cmd_lost(ws);
 }
 
@@ -759,6 +840,13 @@ static void rd_send_login(rd_global_t *g, redisAsyncContext *ac, int select) {
                       g->url.db);
 }
 
+/* No Nagle on a Redis socket: a small command must not wait for the ACK of
+ * the previous write (hiredis sets it too; this does not depend on it). */
+static void rd_nodelay(redisAsyncContext *ac) {
+  int one = 1;
+  setsockopt(ac->c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
 static void rd_cmd_connect(rd_worker_t *ws) {
   rd_global_t *g = ws->g;
   redisAsyncContext *ac = redisAsyncConnect(g->url.host, g->url.port);
@@ -773,6 +861,7 @@ static void rd_cmd_connect(rd_worker_t *ws) {
     return;
   }
   ac->data = ws;
+  rd_nodelay(ac);
   if (rd_uv_attach(ac, ws->loop) != REDIS_OK) {
     redisAsyncFree(ac);
     ws->was_down = 1;
@@ -810,7 +899,18 @@ static void rd_ps_lost(rd_worker_t *ws);
 static void rd_on_tick(uv_timer_t *t) {
   rd_worker_t *ws = t->data;
   uint64_t now = rd_now_ms();
-  if (ws->ps && !ws->ps_connected && now - ws->ps_t0 > ws->g->timeout_ms) {
+  /* Timers run before the loop polls: after a long turn (a big fan-out on a
+   * busy machine) an answer may be waiting unread in the socket. Read what
+   * is there before calling anything late, so that a stalled loop is not
+   * taken for a hung Redis. The reads may drop a connection (NULL then). */
+  if (ws->ps && ws->ps_connected &&
+      rd_older(now, ws->ps_seen, ws->g->timeout_ms + ws->g->timeout_ms / 2))
+    redisAsyncHandleRead(ws->ps);
+  if (ws->ac && ws->connected && ws->pending &&
+      rd_older(now, ws->pending->t0, ws->g->timeout_ms))
+    redisAsyncHandleRead(ws->ac);
+  now = rd_now_ms(); /* the reads above may have stamped newer times */
+  if (ws->ps && !ws->ps_connected && rd_older(now, ws->ps_t0, ws->g->timeout_ms)) {
     redisAsyncContext *ps = ws->ps;
     rd_error(ws->g, RD_E_TIMEOUT, "pub/sub: connecting to Redis timed out");
     ws->ps = NULL;
@@ -818,7 +918,7 @@ static void rd_on_tick(uv_timer_t *t) {
     rd_ps_lost(ws);
   }
   if (ws->ps && ws->ps_connected &&
-      now - ws->ps_seen > ws->g->timeout_ms + ws->g->timeout_ms / 2) {
+      rd_older(now, ws->ps_seen, ws->g->timeout_ms + ws->g->timeout_ms / 2)) {
     /* Heartbeats (below) stopped coming back: a hung Redis. */
     redisAsyncContext *ps = ws->ps;
     rd_error(ws->g, RD_E_TIMEOUT, "pub/sub: no heartbeat from Redis within %llu ms",
@@ -828,7 +928,7 @@ static void rd_on_tick(uv_timer_t *t) {
     rd_ps_lost(ws);
   }
   if (!ws->ac) return;
-  if (ws->connected && now - ws->last_sent >= ws->g->timeout_ms / 2 &&
+  if (ws->connected && rd_older(now, ws->last_sent, ws->g->timeout_ms / 2 - 1) &&
       (ws->has_ps || !ws->pending)) {
     /* A heartbeat, so that a hung Redis is noticed without traffic: worker 0
      * publishes on the anchor channel, which its pub/sub connection hears. */
@@ -836,13 +936,14 @@ static void rd_on_tick(uv_timer_t *t) {
                           "hb"};
     size_t lens[] = {ws->has_ps ? 7u : 4u, strlen(ws->g->chan_prefix), 2};
     rd_req_t *r = rd_req_new(ws, RQ_FIRE, -1, 0, ws->has_ps ? 3 : 1, args, lens);
+    r->internal = 1;
     if (rd_send(r)) rd_req_free(r);
   }
-  if (!ws->connected && now - ws->connect_t0 > ws->g->timeout_ms) {
+  if (!ws->connected && rd_older(now, ws->connect_t0, ws->g->timeout_ms)) {
     rd_error(ws->g, RD_E_TIMEOUT, "worker %u: connecting to Redis timed out",
              ws->id);
     rd_cmd_drop(ws);
-  } else if (ws->pending && now - ws->pending->t0 > ws->g->timeout_ms) {
+  } else if (ws->pending && rd_older(now, ws->pending->t0, ws->g->timeout_ms)) {
     rd_error(ws->g, RD_E_TIMEOUT,
              "worker %u: Redis did not answer within %llu ms", ws->id,
              (unsigned long long)ws->g->timeout_ms);
@@ -995,15 +1096,18 @@ static void rd_ps_on_disconnect(const redisAsyncContext *ac, int status) {
   rd_worker_t *ws = ac->data;
   if (ws->ps != ac) return;
   ws->ps = NULL;
-  if (!ws->stopping)
+  if (!ws->stopping) {
+    ws->g->host->metric_add(ws->g->m_errors[RD_E_CONNECT], 1);
     ws->g->host->log(MW_LOG_WARN, RD_SUBSYS,
                      "pub/sub: Redis connection lost: %s",
                      ac->err ? ac->errstr : "closed by the server");
+  }
   rd_ps_lost(ws);
 }
 
 static void rd_ps_connect(rd_worker_t *ws) {
   redisAsyncContext *ac = redisAsyncConnect(ws->g->url.host, ws->g->url.port);
+  if (ac && !ac->err) rd_nodelay(ac);
   if (!ac || ac->err || (ac->data = ws, rd_uv_attach(ac, ws->loop)) != REDIS_OK) {
     if (ac) redisAsyncFree(ac);
     rd_ps_lost(ws);
@@ -1056,7 +1160,17 @@ static void rd_ps_on_msg(redisAsyncContext *ac, void *reply, void *priv) {
       if (ev) host->event_unref(&ev);
       return;
     }
-    host->fanout(ev);
+    if (ev->seq == 0) { /* presence: unsequenced, never sent locally first */
+      host->fanout(ev);
+      host->event_unref(&ev);
+      return;
+    }
+    pthread_mutex_lock(&g->lock);
+    rd_topic_t *t = NULL;
+    HASH_FIND(hh, g->topics, topic, tlen, t);
+    if (!t || rd_order_echo(&t->order, ev->seq, ev->epoch))
+      host->fanout(ev); /* else: this node's own, already fanned out */
+    pthread_mutex_unlock(&g->lock);
     host->event_unref(&ev);
     return;
   }
@@ -1098,7 +1212,7 @@ static void rd_on_park(uv_timer_t *t) {
   while (ws->parked) {
     rd_req_t *r = ws->parked;
     rd_list_del(&ws->parked, r);
-    if (rd_topic_ready(ws->g, r->topic) || now - r->t0 > ws->g->timeout_ms)
+    if (rd_topic_ready(ws->g, r->topic) || rd_older(now, r->t0, ws->g->timeout_ms))
       rd_list_add(&todo, r);
     else
       rd_list_add(&keep, r);
@@ -1116,6 +1230,7 @@ static void rd_on_park(uv_timer_t *t) {
 /* Sends a read now, or parks it until the topic's SUBSCRIBE is confirmed. */
 static int rd_send_read(rd_worker_t *ws, rd_req_t *r) {
   if (rd_topic_ready(ws->g, r->topic)) return rd_send(r);
+  if (rd_admit(r)) return MW_EUNAVAIL;
   r->t0 = rd_now_ms();
   if (!ws->parked) uv_timer_start(&ws->park, rd_on_park, RD_PARK_TICK_MS,
                                   RD_PARK_TICK_MS);
@@ -1410,6 +1525,14 @@ static int rd_init(const mw_host_v1_t *host, mw_plugin_handle_t *self,
   g->hist_size = size < 0 ? 0 : (size_t)size;
   g->ttl_ms = ttl <= 0 || ttl > INT64_MAX / 1000 ? 0 : (uint64_t)ttl * 1000u;
   g->timeout_ms = tmo < 10 ? 10 : (uint64_t)tmo;
+  /* Not settable through the config file until the core knows the keys;
+   * MOONWIRE_REDIS_MAX_PENDING overrides the count (tests). */
+  int64_t maxp = host->config_int("redis_max_pending", 4096);
+  int64_t maxb = host->config_int("redis_max_pending_bytes", 64 << 20);
+  const char *envp = getenv("MOONWIRE_REDIS_MAX_PENDING");
+  if (envp && *envp) maxp = strtoll(envp, NULL, 10);
+  g->max_pending = maxp <= 0 ? 0 : (size_t)maxp;
+  g->max_pending_bytes = maxb <= 0 ? 0 : (size_t)maxb;
   const char *prefix = host->config_string("redis_prefix", "mw:");
   snprintf(g->prefix, sizeof g->prefix, "%s", prefix);
   snprintf(g->chan_prefix, sizeof g->chan_prefix, "%sc%d:", g->prefix,

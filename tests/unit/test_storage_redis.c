@@ -1,6 +1,7 @@
 /* Unit tests of the Redis storage's pure logic (plugins/storage_redis/
  * redis_proto.c): URL parsing, the envelope parts the publish script
- * concatenates, reply validation, pub/sub message splitting, backoff.
+ * concatenates, reply validation, pub/sub message splitting, backoff, the
+ * per-topic order of local fan-out vs pub/sub echoes, the in-flight cap.
  * Replies are built by hand as hiredis redisReply trees. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -260,6 +261,64 @@ static void test_backoff(void **state) {
   assert_int_equal(seen[9], 5000);
 }
 
+/* The publisher's own event goes out at the reply only right behind the
+ * last one fanned out (same epoch); its echo is then a duplicate. */
+static void test_order_local_and_echo(void **state) {
+  rd_order_t o;
+  memset(&o, 0, sizeof o);
+  /* Nothing fanned out yet: a reply waits for its echo. */
+  assert_int_equal(rd_order_local(&o, 1, "E1"), 0);
+  assert_int_equal(rd_order_echo(&o, 1, "E1"), 1);
+  assert_int_equal(o.seq, 1);
+  /* 2 follows 1: out at the reply; its echo is dropped. */
+  assert_int_equal(rd_order_local(&o, 2, "E1"), 1);
+  assert_int_equal(o.seq, 2);
+  assert_int_equal(rd_order_echo(&o, 2, "E1"), 0);
+  assert_int_equal(o.seq, 2);
+  /* A pipeline of replies 3..5: each directly follows. */
+  for (uint64_t s = 3; s <= 5; s++) assert_int_equal(rd_order_local(&o, s, "E1"), 1);
+  for (uint64_t s = 3; s <= 5; s++) assert_int_equal(rd_order_echo(&o, s, "E1"), 0);
+  /* Another node's 6 is still on its way when our 7 is answered: 7 waits
+   * for its echo, behind 6; both echoes are delivered, in order. */
+  assert_int_equal(rd_order_local(&o, 7, "E1"), 0);
+  assert_int_equal(o.seq, 5);
+  assert_int_equal(rd_order_echo(&o, 6, "E1"), 1);
+  assert_int_equal(rd_order_echo(&o, 7, "E1"), 1);
+  assert_int_equal(o.seq, 7);
+  /* A stale or repeated echo is never delivered twice. */
+  assert_int_equal(rd_order_echo(&o, 3, "E1"), 0);
+  assert_int_equal(rd_order_echo(&o, 7, "E1"), 0);
+  /* Another epoch (Redis emptied): seq 1 again; the echo restarts the
+   * order, a reply of the new epoch waits until then. */
+  assert_int_equal(rd_order_local(&o, 8, "E2"), 0);
+  assert_int_equal(rd_order_local(&o, 1, "E2"), 0);
+  assert_int_equal(rd_order_echo(&o, 1, "E2"), 1);
+  assert_string_equal(o.epoch, "E2");
+  assert_int_equal(rd_order_local(&o, 2, "E2"), 1);
+  /* A gap in the echoes (pub/sub was down): delivered, order moves on;
+   * a reply must follow the new position. */
+  assert_int_equal(rd_order_echo(&o, 10, "E2"), 1);
+  assert_int_equal(rd_order_local(&o, 3, "E2"), 0);
+  assert_int_equal(rd_order_local(&o, 11, "E2"), 1);
+  /* Hostile input: no epoch is never "the same"; delivered, not recorded. */
+  assert_int_equal(rd_order_local(&o, 12, NULL), 0);
+  assert_int_equal(rd_order_echo(&o, 12, NULL), 1);
+  assert_int_equal(rd_order_echo(&o, 12, ""), 1);
+  assert_int_equal(o.seq, 11);
+}
+
+static void test_pending_admit(void **state) {
+  assert_int_equal(rd_pending_admit(0, 0, 100, 4, 1000), 1);
+  assert_int_equal(rd_pending_admit(3, 500, 100, 4, 1000), 1);
+  assert_int_equal(rd_pending_admit(4, 500, 100, 4, 1000), 0); /* count */
+  assert_int_equal(rd_pending_admit(3, 950, 100, 4, 1000), 0); /* bytes */
+  assert_int_equal(rd_pending_admit(3, 900, 100, 4, 1000), 1); /* exactly */
+  assert_int_equal(rd_pending_admit(0, 0, 2000, 4, 1000), 0);  /* one too big */
+  assert_int_equal(rd_pending_admit(0, 0, SIZE_MAX, 4, 1000), 0);
+  assert_int_equal(rd_pending_admit(1000000, SIZE_MAX - 1, SIZE_MAX, 0, 0), 1);
+  assert_int_equal(rd_pending_admit(3, SIZE_MAX - 1, 100, 4, SIZE_MAX), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_url_ok),
@@ -270,6 +329,8 @@ int main(void) {
       cmocka_unit_test(test_presence_reply),
       cmocka_unit_test(test_history_item_and_message),
       cmocka_unit_test(test_backoff),
+      cmocka_unit_test(test_order_local_and_echo),
+      cmocka_unit_test(test_pending_admit),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
