@@ -6,6 +6,7 @@ checks what SPEC §3 and §5 promise across nodes: delivery, gap-free seqs
 under concurrent publishers, recovery on another node, presence with ghost
 expiry, and the loss and return of Redis."""
 import asyncio
+import base64
 import json
 import os
 import shutil
@@ -414,6 +415,28 @@ class HistoryBounds(RedisCluster):
                 self.assertTrue(ack["data"]["topics"]["bound:1"]["recovered"])
                 self.assertEqual([m["seq"] for m in await events(wa, 10)], list(range(6, 16)))
         run_async(go(), 30)
+
+
+class LongPollCursor(RedisCluster):
+    NODES = 2
+
+    def test_an_immediate_first_poll_carries_the_topics_position(self):
+        """A first poll with timeout=0 and no cursor (how the JS client opens
+        long-poll) is answered only once Redis gave every topic's position:
+        its cursor then holds the topic at seq 0, and an event published on
+        the other node right after is in the next poll. (The answer used to
+        go out before the position arrived: an empty cursor, and the next
+        poll started from "now", missing that event.)"""
+        a, b = self.nodes
+        status, js, r = a.http_json("GET", "/poll?topics=lp:1&timeout=0")
+        self.assertEqual(status, 200, r)
+        self.assertEqual(js["events"], [])
+        pos = json.loads(base64.urlsafe_b64decode(js["cursor"] + "=" * (-len(js["cursor"]) % 4)))
+        self.assertEqual(pos["lp:1"][0], 0, pos)
+        self.assertEqual(b.publish("lp:1", "E", {"n": 1})["seq"], 1)
+        status, js, r = a.http_json("GET", "/poll?topics=lp:1&timeout=5&cursor=" + js["cursor"])
+        self.assertEqual(status, 200, r)
+        self.assertEqual([e["seq"] for e in js["events"]], [1])
 
 
 class Presence(RedisCluster):

@@ -95,6 +95,8 @@ struct lp_poll {
   unsigned soon : 1;   /* the answer is due after the coalescing pause */
   unsigned full : 1;   /* the cap is reached: later events are left out */
   unsigned kicked : 1; /* POST /api/disconnect: answer now, say so */
+  unsigned answer_waiting : 1; /* due, but a topic's position is unknown */
+  size_t positions_pending; /* topic_position calls not answered yet */
   char kick_reason[128];
 };
 
@@ -234,6 +236,15 @@ static void lp_headers(const lp_poll_t *poll, char *out, size_t len, int auth) {
 /* Answers 200 with what the poll has, then finishes it. */
 static void lp_answer(lp_poll_t *poll) {
   if (poll->done) return;
+  if (poll->positions_pending && !poll->kicked) {
+    /* A topic without a cursor has no position yet (the storage answers
+     * asynchronously, e.g. Redis): the cursor would leave it out and the
+     * next poll would start from "now", missing what is published in
+     * between. lp_position_cb answers when the last one arrives (storage
+     * calls always call back, on failure too). */
+    poll->answer_waiting = 1;
+    return;
+  }
   const mw_host_v1_t *host = poll->host;
   char extra[LP_CORS_LEN + 64];
   lp_headers(poll, extra, sizeof extra, 0);
@@ -346,6 +357,9 @@ static void lp_position_cb(int status, uint64_t seq, const char *epoch,
   lp_poll_t *poll = ctx->poll;
   if (!poll->done && status == 0)
     tp_set_base(&poll->topics.t[ctx->index], seq, epoch);
+  if (poll->positions_pending) poll->positions_pending--;
+  if (!poll->done && !poll->positions_pending && poll->answer_waiting)
+    lp_answer(poll);
   lp_unref(poll);
 }
 
@@ -401,9 +415,12 @@ static int lp_subscribe_all(lp_poll_t *poll, mw_worker_t *w, size_t *bad,
   for (size_t i = 0; i < poll->topics.n; i++) {
     if (poll->topics.t[i].from_cursor) continue;
     lp_ref(poll);
+    poll->positions_pending++;
     if (host->topic_position(w, poll->topics.t[i].name, lp_position_cb,
-                             &poll->ctx[i]) != 0)
+                             &poll->ctx[i]) != 0) {
+      poll->positions_pending--;
       lp_unref_held(poll);
+    }
   }
   for (size_t i = 0; i < poll->topics.n; i++) {
     tp_topic_t *t = &poll->topics.t[i];
