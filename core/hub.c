@@ -57,10 +57,10 @@ typedef struct recovery {
 #define MW_RECOVERY_HOLD_MAX 10000
 
 /* One changed event made by the policy for some recipients of the event
- * being delivered: reused for every recipient with the same result. */
+ * being delivered: reused for every recipient with the same result (the
+ * policy gives equal results the same key, see mw__policy_deliver). */
 typedef struct changed {
-  const void *key; /* the Lua table the hook returned */
-  char *text;      /* its JSON form, to spot equal results from other tables */
+  const void *key; /* the policy's out_key */
   mw_event_t *ev;
 } changed_t;
 
@@ -403,19 +403,12 @@ int mw__unsubscribe(mw_client_t *c, const char *topic) {
   return 0;
 }
 
-/* The event this recipient gets for a changed result (cached per event). */
+/* The event this recipient gets for a changed result (cached per event:
+ * one encoding per distinct result). */
 static mw_event_t *changed_event(mw_hub_t *hub, const mw_event_t *ev,
                                  mw_policy_result_t *res) {
-  for (size_t i = 0; i < hub->nchanged; i++)
+  for (size_t i = hub->nchanged; i-- > 0;)
     if (hub->changed[i].key == res->out_key) return hub->changed[i].ev;
-  char *text = json_dumps(res->out, JSON_COMPACT | JSON_SORT_KEYS);
-  if (!text) return NULL;
-  for (size_t i = 0; i < hub->nchanged; i++) {
-    if (strcmp(hub->changed[i].text, text) == 0) {
-      free(text);
-      return hub->changed[i].ev;
-    }
-  }
   json_t *name = json_object_get(res->out, "event");
   json_t *data = json_object_get(res->out, "data");
   json_t *trace = json_object_get(res->out, "trace_id");
@@ -425,7 +418,6 @@ static mw_event_t *changed_event(mw_hub_t *hub, const mw_event_t *ev,
       json_is_object(data) ? json_incref(data) : json_object());
   if (mw__event_seal(out, ev->seq, ev->epoch)) {
     mw_event_unref(&out);
-    free(text);
     return NULL;
   }
   if (hub->nchanged == hub->changed_cap) {
@@ -433,7 +425,7 @@ static mw_event_t *changed_event(mw_hub_t *hub, const mw_event_t *ev,
     hub->changed =
         mw_xrealloc(hub->changed, hub->changed_cap * sizeof *hub->changed);
   }
-  hub->changed[hub->nchanged++] = (changed_t){res->out_key, text, out};
+  hub->changed[hub->nchanged++] = (changed_t){res->out_key, out};
   return out;
 }
 
@@ -452,9 +444,9 @@ typedef struct deliver_stats {
 
 /* The policy pipeline for one recipient: tenant isolation (in C), then the
  * tenant transform and on_deliver; hands the result to the transport. */
-static void deliver_to(mw_hub_t *hub, mw_sub_t *s, mw_event_t *ev,
-                       const json_t *data, const char *ev_tenant, int hook,
-                       deliver_stats_t *st) {
+static void deliver_to(mw_hub_t *hub, mw_policy_t *p, mw_sub_t *s,
+                       mw_event_t *ev, const json_t *data,
+                       const char *ev_tenant, int hook, deliver_stats_t *st) {
   mw_client_t *c = s->client;
   if (ev->seq) { /* seq 0: presence, not a position */
     s->last_seq = ev->seq;
@@ -469,12 +461,10 @@ static void deliver_to(mw_hub_t *hub, mw_sub_t *s, mw_event_t *ev,
     st->tenant++;
     return;
   }
-  mw_policy_t *p = mw__worker_policy(hub->worker);
   mw_event_t *out = ev;
   if (ev->seq && /* presence messages skip the event hooks */
       (hook || (tenant && p && mw__policy_tenant_has_transform(p, tenant)))) {
-    mw_policy_result_t res;
-    memset(&res, 0, sizeof res);
+    mw_policy_result_t res; /* initialized by mw__policy_deliver */
     mw__policy_deliver(p, &c->ident, ev, data, &res);
     if (res.status != MW_POLICY_OK) {
       out = NULL;
@@ -494,11 +484,11 @@ static void deliver_to(mw_hub_t *hub, mw_sub_t *s, mw_event_t *ev,
 }
 
 static void stats_flush(mw_hub_t *hub, deliver_stats_t *st) {
-  for (size_t i = 0; i < hub->nchanged; i++) {
-    free(hub->changed[i].text);
+  for (size_t i = 0; i < hub->nchanged; i++)
     mw_event_unref(&hub->changed[i].ev);
-  }
   hub->nchanged = 0;
+  mw_policy_t *p = mw__worker_policy(hub->worker);
+  if (p) mw__policy_flush(p);
   if (st->delivered) mw__metric_add(m_delivered, (int64_t)st->delivered);
   if (st->tenant) mw__metric_add(m_drop_tenant, (int64_t)st->tenant);
   if (st->policy) mw__metric_add(m_drop_policy, (int64_t)st->policy);
@@ -544,7 +534,7 @@ void mw__hub_deliver(mw_hub_t *hub, mw_event_t *ev) {
       continue;
     }
     if (already_seen(s, ev)) continue; /* duplicate suppression */
-    deliver_to(hub, s, ev, data, ev_tenant, hook, &st);
+    deliver_to(hub, p, s, ev, data, ev_tenant, hook, &st);
   }
   stats_flush(hub, &st);
 }
@@ -567,7 +557,8 @@ static void replay_one(mw_hub_t *hub, mw_sub_t *s, mw_event_t *ev,
   mw_policy_t *p = mw__worker_policy(hub->worker);
   const json_t *data = mw__event_data(ev);
   const char *ev_tenant = event_tenant(data);
-  deliver_to(hub, s, ev, data, ev_tenant, p && mw__policy_has_deliver(p), st);
+  deliver_to(hub, p, s, ev, data, ev_tenant, p && mw__policy_has_deliver(p),
+             st);
   stats_flush(hub, st);
 }
 

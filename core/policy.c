@@ -48,8 +48,11 @@
 #define DEFAULT_MEMORY ((size_t)64 << 20)
 #define LOAD_BUDGET_MIN_MS 1000 /* running a script file at load */
 #define CONV_DEPTH 64           /* nesting of event data we convert */
-#define STACK_ROOM (3 * CONV_DEPTH + 16)
+/* Conversions and comparisons use up to 3 slots per level, plus 2 for
+ * seeing through a proxy. */
+#define STACK_ROOM (5 * CONV_DEPTH + 16)
 #define OUT_CACHE_MAX 256 /* deliver results kept per event */
+#define OUT_RECENT 4      /* recent distinct results a new one is compared to */
 #define LOG_INTERVAL_NS 1000000000ull
 
 enum {
@@ -90,11 +93,19 @@ typedef struct outent {
 
 typedef struct pstate {
   lua_State *L;
+  /* The event view handed to on_deliver: its id and whether a write
+   * reached it (set by the proxies' __newindex; see policy.h). */
+  mw_lua_tree_t tree;
   size_t used;
   size_t cap;
   int lifted;        /* cap lifted (cleanup collections, close) */
   int refused;       /* the allocator refused since last reset */
   uint64_t deadline; /* uv_hrtime() limit of the running call; 0: none */
+  /* A hook call's clock starts at its first budget check (reading the clock
+   * costs ~50 ns on a VM, as much as a whole on_deliver call): the check
+   * sees a new call_no and sets the deadline from then. */
+  uint64_t call_no, checked_no;
+  uint64_t budget_ns;
   int timed_out;
   unsigned generation;
   int env, handler, tramp;
@@ -103,11 +114,24 @@ typedef struct pstate {
   /* on_deliver: the event whose Lua table is cached (a reference is held,
    * so the pointer cannot be reused while cached), and its results. */
   mw_event_t *ev;
-  int ev_ref;
+  int ev_ref;     /* the view (a proxy); LUA_NOREF: build it first */
+  int arrays_ref; /* Lua list of the view's arrays, or LUA_NOREF */
+  const json_t **jarrays; /* ... and their JSON (borrowed from ev) */
+  size_t narrays, caparrays;
   outent_t *outs;
   outent_t *outs_all;
   size_t nouts;
+  outent_t *recent[OUT_RECENT]; /* the latest distinct results, newest first */
+  size_t nrecent;
+  uint64_t pending_calls; /* on_deliver calls not yet in the metric */
+  /* The bottom of the state's stack holds, between calls, what every
+   * on_deliver call needs: SLOT_HANDLER, SLOT_DELIVER (the hook or nil) and
+   * SLOT_VIEW (the view of tree `slot_tree`; stale when that is not the
+   * current tree). Every entry point leaves the stack as it found it. */
+  unsigned slot_tree;
 } pstate_t;
+
+enum { SLOT_HANDLER = 1, SLOT_DELIVER = 2, SLOT_VIEW = 3 };
 
 struct mw_policy {
   pstate_t *s;
@@ -142,7 +166,13 @@ static void *state_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
 static void budget_hook(lua_State *L, lua_Debug *ar) {
   pstate_t *s;
   lua_getallocf(L, (void **)&s);
-  if (!s->deadline || uv_hrtime() < s->deadline) return;
+  if (!s->deadline) return;
+  if (s->checked_no != s->call_no) { /* the call's first check */
+    s->checked_no = s->call_no;
+    s->deadline = uv_hrtime() + s->budget_ns;
+    return;
+  }
+  if (uv_hrtime() < s->deadline) return;
   s->timed_out = 1;
   /* From now on every instruction raises: a pcall inside the script cannot
    * swallow the timeout for long. Reset after the call. */
@@ -218,12 +248,23 @@ static void outs_clear(pstate_t *s) {
   s->nouts = 0;
 }
 
-/* Forgets the cached deliver event (its table and results). */
-static void event_cache_drop(pstate_t *s) {
+/* Forgets the event view; the next call builds a fresh one. */
+static void view_drop(pstate_t *s) {
   if (s->ev_ref != LUA_NOREF) luaL_unref(s->L, LUA_REGISTRYINDEX, s->ev_ref);
-  s->ev_ref = LUA_NOREF;
+  if (s->arrays_ref != LUA_NOREF)
+    luaL_unref(s->L, LUA_REGISTRYINDEX, s->arrays_ref);
+  s->ev_ref = s->arrays_ref = LUA_NOREF;
+  s->narrays = 0;
+  s->tree.dirty = 0;
+  s->slot_tree = 0;
+}
+
+/* Forgets the cached deliver event (its view and results). */
+static void event_cache_drop(pstate_t *s) {
+  view_drop(s);
   mw_event_unref(&s->ev);
   outs_clear(s);
+  s->nrecent = 0;
 }
 
 static void state_free(pstate_t *s) {
@@ -239,6 +280,7 @@ static void state_free(pstate_t *s) {
     s->lifted = 1;
     lua_close(s->L);
   }
+  free(s->jarrays);
   free(s);
 }
 
@@ -284,6 +326,7 @@ static int run_chunk(lua_State *L, load_t *lc, const char *name, int nres) {
   lua_insert(L, fn);
   s->timed_out = 0;
   s->refused = 0;
+  s->checked_no = ++s->call_no; /* measured from now */
   s->deadline = uv_hrtime() + lc->budget_ns;
   int rc = lua_pcall(L, 0, nres, fn);
   s->deadline = 0;
@@ -530,6 +573,8 @@ static void build_env(lua_State *L, pstate_t *s) {
   lua_pop(L, 1);
   mw__policy_lib_push(L);
   lua_setfield(L, env, "moonwire");
+  mw__lua_tree_register(L, &s->tree);
+  mw__lua_sandbox_wrap(L, env);
   s->env = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
@@ -619,8 +664,9 @@ static pstate_t *state_new(const char *script, const mw_policy_limits_t *lim,
                            unsigned generation, char *err, size_t errlen) {
   pstate_t *s = mw_xcalloc(1, sizeof *s);
   s->cap = lim->memory_bytes;
+  s->budget_ns = lim->budget_ms * 1000000u;
   s->generation = generation;
-  s->env = s->handler = s->tramp = s->ev_ref = LUA_NOREF;
+  s->env = s->handler = s->tramp = s->ev_ref = s->arrays_ref = LUA_NOREF;
   for (int h = 0; h <= H_DISCONNECT; h++)
     s->hooks[h] = LUA_NOREF;
   s->L = lua_newstate(state_alloc, s);
@@ -657,6 +703,13 @@ static pstate_t *state_new(const char *script, const mw_policy_limits_t *lim,
     return NULL;
   }
   lua_settop(s->L, 0);
+  /* The fixed slots (the stack has room for them: no allocation). */
+  lua_rawgeti(s->L, LUA_REGISTRYINDEX, s->handler);
+  if (s->hooks[H_DELIVER] != LUA_NOREF)
+    lua_rawgeti(s->L, LUA_REGISTRYINDEX, s->hooks[H_DELIVER]);
+  else
+    lua_pushnil(s->L);
+  lua_pushnil(s->L);
   s->lifted = 1;
   lua_gc(s->L, LUA_GCCOLLECT, 0);
   s->lifted = 0;
@@ -710,6 +763,7 @@ int mw__policy_reload(mw_policy_t *p, const char *script, char *err,
     return MW_EINVAL;
   }
   p->next_generation++;
+  mw__policy_flush(p);
   state_free(p->s);
   p->s = s;
   mw_log(MW_LOG_DEBUG, "policy", "reloaded %s (%u tenant rule sets)",
@@ -720,6 +774,7 @@ int mw__policy_reload(mw_policy_t *p, const char *script, char *err,
 /* Frees the policy and its state. */
 void mw__policy_free(mw_policy_t *p) {
   if (!p) return;
+  mw__policy_flush(p);
   state_free(p->s);
   free(p);
 }
@@ -770,12 +825,36 @@ struct call {
   /* on_connect: the identity being made (freed by the caller on failure) */
   mw_policy_identity_t nid;
   int made;
+  /* on_deliver: the event view must be rebuilt after this call */
+  int dirty;
 };
 
 static void res_init(mw_policy_result_t *r) {
-  memset(r, 0, sizeof *r);
   r->status = MW_POLICY_OK;
   r->verdict = MW_VERDICT_ALLOW;
+  r->code = 0;
+  r->reason[0] = '\0';
+  r->presence = 0;
+  r->out = NULL;
+  r->out_key = NULL;
+}
+
+/* Starts a hook call's time budget (armed; the clock starts at the first
+ * check, see budget_hook). */
+static void budget_start(mw_policy_t *p, pstate_t *s) {
+  (void)p;
+  s->timed_out = 0;
+  s->refused = 0;
+  s->call_no++;
+  s->deadline = UINT64_MAX;
+}
+
+/* Publishes the state's pending call count. */
+static void calls_flush(mw_policy_t *p) {
+  if (p->s && p->s->pending_calls) {
+    mw__metric_add(p->calls[H_DELIVER], (int64_t)p->s->pending_calls);
+    p->s->pending_calls = 0;
+  }
 }
 
 /* Records a failure of hook `hook` in the result, counts and logs it (at
@@ -814,23 +893,29 @@ static void fail(call_t *c, int hook, mw_policy_status_t st, const char *fmt,
   c->p->suppressed[hook] = 0;
 }
 
+/* The protected trampoline: (call, args...); the body sees the args at
+ * 1.. (none for most bodies). */
 static int tramp(lua_State *L) {
   call_t *c = lua_touserdata(L, 1);
-  lua_settop(L, 0);
+  lua_remove(L, 1);
   luaL_checkstack(L, STACK_ROOM, "policy");
   c->body(L, c);
   return 0;
 }
 
-/* Runs c->body in protected mode. */
-static void run(call_t *c) {
+/* Runs c->body in protected mode with the `nargs` values on top of the
+ * stack as its arguments (popped). */
+static void run_n(call_t *c, int nargs) {
   pstate_t *s = c->s;
   lua_State *L = s->L;
-  int top = lua_gettop(L);
+  int top = lua_gettop(L) - nargs;
   s->refused = 0;
+  calls_flush(c->p);
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->tramp);
+  lua_insert(L, top + 1);
   lua_pushlightuserdata(L, c);
-  int rc = lua_pcall(L, 1, 0, 0);
+  lua_insert(L, top + 2);
+  int rc = lua_pcall(L, nargs + 1, 0, 0);
   if (rc) {
     /* Our own preparation or reading failed (out of memory, in practice). */
     int nomem = rc == LUA_ERRMEM || s->refused;
@@ -849,6 +934,13 @@ static void run(call_t *c) {
   }
 }
 
+/* Runs c->body in protected mode. */
+static void run(call_t *c) {
+  run_n(c, 0);
+}
+
+static void call_failed(lua_State *L, call_t *c, int hook, int rc);
+
 /* Calls the function below its `nargs` arguments on top of the stack with
  * the time budget. Returns the index of the first result (results up to the
  * top), or 0 after recording the failure. */
@@ -859,9 +951,7 @@ static int script_call(lua_State *L, call_t *c, int hook, int nargs) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->handler);
   lua_insert(L, fn);
   mw__metric_add(c->p->calls[hook], 1);
-  s->timed_out = 0;
-  s->refused = 0;
-  s->deadline = uv_hrtime() + c->p->lim.budget_ms * 1000000u;
+  budget_start(c->p, s);
   int rc = lua_pcall(L, nargs, LUA_MULTRET, fn);
   s->deadline = 0;
   if (s->timed_out) lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
@@ -870,6 +960,14 @@ static int script_call(lua_State *L, call_t *c, int hook, int nargs) {
     luaL_checkstack(L, STACK_ROOM, "policy");
     return fn;
   }
+  call_failed(L, c, hook, rc);
+  lua_settop(L, fn - 1);
+  return 0;
+}
+
+/* Records why a script call failed (its error message on top). */
+static void call_failed(lua_State *L, call_t *c, int hook, int rc) {
+  pstate_t *s = c->s;
   const char *m = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?";
   if (s->timed_out) {
     fail(c, hook, MW_POLICY_TIMEOUT, "%s (%llu ms)", m,
@@ -881,8 +979,6 @@ static int script_call(lua_State *L, call_t *c, int hook, int nargs) {
   } else {
     fail(c, hook, MW_POLICY_ERROR, "%s", m);
   }
-  lua_settop(L, fn - 1);
-  return 0;
 }
 
 #define BADRETURN(c, hook, ...) fail(c, hook, MW_POLICY_BADRETURN, __VA_ARGS__)
@@ -1230,6 +1326,8 @@ static int lua_str_eq(lua_State *L, int idx, const char *s) {
 static json_t *make_out(lua_State *L, call_t *c, int hook, int idx,
                         const char *def_trace) {
   const char *hn = hook_names[hook];
+  int top0 = lua_gettop(L);
+  if (mw__lua_unproxy(L, idx)) idx = lua_gettop(L);
   int t = rawfield(L, idx, "event");
   if (t != LUA_TSTRING) {
     BADRETURN(c, hook, "%s: event.event must be a string (got %s)", hn,
@@ -1291,7 +1389,7 @@ static json_t *make_out(lua_State *L, call_t *c, int hook, int idx,
     }
     json_object_set_new(out, "trace_id", jt);
   }
-  lua_settop(L, idx > ev_idx - 1 ? idx : ev_idx - 1);
+  lua_settop(L, top0);
   return out;
 }
 
@@ -1302,6 +1400,7 @@ static int fields_equal(lua_State *L, int idx, const json_t *ref,
                         const char *def_trace) {
   int top = lua_gettop(L);
   int eq = 0;
+  if (mw__lua_unproxy(L, idx)) idx = lua_gettop(L);
   rawfield(L, idx, "event");
   const json_t *je = json_object_get(ref, "event");
   if (!je || !mw__lua_json_equal(L, -1, je)) goto out;
@@ -1376,16 +1475,36 @@ void mw__policy_publish(mw_policy_t *p, const mw_policy_identity_t *id,
 }
 
 static tenant_t *tenant_find(const pstate_t *s, const char *id) {
-  if (!id) return NULL;
+  if (!id || !s->tenants) return NULL;
   tenant_t *t;
   HASH_FIND_STR(s->tenants, id, t);
   return t;
 }
 
-/* Pushes the Lua table of the event: {type, topic, event, seq, id, data,
- * trace_id}. */
-static void push_event_table(lua_State *L, const mw_event_t *ev,
-                             const json_t *data) {
+/* The tenant rules of an identity, looked up once per state. */
+static tenant_t *identity_tenant(const pstate_t *s,
+                                 const mw_policy_identity_t *id) {
+  if (!id || !id->tenant_id || !s->tenants) return NULL;
+  if (id->tenant_generation == s->generation)
+    return (tenant_t *)id->tenant_rules;
+  tenant_t *t = tenant_find(s, id->tenant_id);
+  /* The identity belongs to the connection (not a const object). */
+  mw_policy_identity_t *mid = (mw_policy_identity_t *)id;
+  mid->tenant_rules = t;
+  mid->tenant_generation = s->generation;
+  return t;
+}
+
+/* Builds the view of the event handed to on_deliver (see policy.h):
+ * {type, topic, event, seq, id, data, trace_id} behind a proxy, nested
+ * objects behind proxies, arrays plain and listed for the after-call check.
+ * Stores it in s->ev_ref. */
+static void view_build(lua_State *L, pstate_t *s, const mw_event_t *ev,
+                       const json_t *data) {
+  view_drop(s);
+  if (++s->tree.id == 0) s->tree.id = 1; /* 0: no view in SLOT_VIEW */
+  lua_createtable(L, 0, 0);
+  int arrays = lua_gettop(L);
   lua_createtable(L, 0, 7);
   int t = lua_gettop(L);
   lua_pushliteral(L, "event");
@@ -1396,101 +1515,108 @@ static void push_event_table(lua_State *L, const mw_event_t *ev,
   lua_setfield(L, t, "event");
   lua_pushnumber(L, (lua_Number)ev->seq);
   lua_setfield(L, t, "seq");
-  lua_pushfstring(L, "%s:", ev->topic);
   char seq[32];
   snprintf(seq, sizeof seq, "%llu", (unsigned long long)ev->seq);
+  lua_pushstring(L, ev->topic);
+  lua_pushliteral(L, ":");
   lua_pushstring(L, seq);
-  lua_concat(L, 2);
+  lua_concat(L, 3);
   lua_setfield(L, t, "id");
-  if (mw__lua_push_json(L, data, CONV_DEPTH) == 0) lua_setfield(L, t, "data");
+  if (mw__lua_push_view(L, data, CONV_DEPTH, s->tree.id, arrays, &s->jarrays,
+                        &s->narrays, &s->caparrays) == 0)
+    lua_setfield(L, t, "data");
   if (ev->trace_id) {
     lua_pushstring(L, ev->trace_id);
     lua_setfield(L, t, "trace_id");
   }
+  mw__lua_push_proxy(L, t, s->tree.id);
+  int view = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (s->narrays) {
+    lua_pushvalue(L, arrays);
+    s->arrays_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  s->ev_ref = view;
+  s->tree.dirty = 0;
+  lua_settop(L, arrays - 1);
 }
 
-/* Compares the cached event table at `idx` with the event: *dirty if
- * anything differs, *changed if event, data or trace_id differ. */
-static void event_compare(lua_State *L, int idx, const mw_event_t *ev,
-                          const json_t *data, int *dirty, int *changed) {
-  enum {
-    K_TYPE = 1,
-    K_TOPIC = 2,
-    K_EVENT = 4,
-    K_SEQ = 8,
-    K_ID = 16,
-    K_DATA = 32,
-    K_TRACE = 64
-  };
-  unsigned seen = 0;
-  *dirty = *changed = 0;
-  char seq[32];
-  snprintf(seq, sizeof seq, "%llu", (unsigned long long)ev->seq);
-  size_t tl = strlen(ev->topic), sl = strlen(seq);
-  lua_pushnil(L);
-  while (lua_next(L, idx)) {
-    size_t kl, vl;
-    const char *k =
-        lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &kl) : "";
-    int v = lua_gettop(L);
-    if (strcmp(k, "type") == 0) {
-      seen |= K_TYPE;
-      if (!lua_str_eq(L, v, "event")) *dirty = 1;
-    } else if (strcmp(k, "topic") == 0) {
-      seen |= K_TOPIC;
-      if (!lua_str_eq(L, v, ev->topic)) *dirty = 1;
-    } else if (strcmp(k, "event") == 0) {
-      seen |= K_EVENT;
-      if (!lua_str_eq(L, v, ev->name)) *changed = 1;
-    } else if (strcmp(k, "seq") == 0) {
-      seen |= K_SEQ;
-      if (lua_type(L, v) != LUA_TNUMBER ||
-          lua_tonumber(L, v) != (lua_Number)ev->seq)
-        *dirty = 1;
-    } else if (strcmp(k, "id") == 0) {
-      seen |= K_ID;
-      const char *s =
-          lua_type(L, v) == LUA_TSTRING ? lua_tolstring(L, v, &vl) : NULL;
-      if (!s || vl != tl + 1 + sl || memcmp(s, ev->topic, tl) || s[tl] != ':' ||
-          memcmp(s + tl + 1, seq, sl))
-        *dirty = 1;
-    } else if (strcmp(k, "data") == 0) {
-      seen |= K_DATA;
-      if (!mw__lua_json_equal(L, v, data)) *changed = 1;
-    } else if (strcmp(k, "trace_id") == 0 && ev->trace_id) {
-      seen |= K_TRACE;
-      if (!lua_str_eq(L, v, ev->trace_id)) *changed = 1;
-    } else {
-      *dirty = 1;
-    }
+/* 1 if an array of the view no longer equals the event's (arrays are plain
+ * tables: writes to them are found by comparing). No allocation. */
+static int view_arrays_changed(lua_State *L, pstate_t *s) {
+  if (!s->narrays) return 0;
+  if (s->arrays_ref == LUA_NOREF) return 1;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->arrays_ref);
+  int a = lua_gettop(L), changed = 0;
+  for (size_t i = 0; i < s->narrays && !changed; i++) {
+    lua_rawgeti(L, a, (int)i + 1);
+    changed = !mw__lua_json_equal(L, -1, s->jarrays[i]);
     lua_pop(L, 1);
   }
-  if (!(seen & K_EVENT) || !(seen & K_DATA) ||
-      (ev->trace_id && !(seen & K_TRACE)))
-    *changed = 1;
-  if ((seen | K_TRACE) != 127) *dirty = 1;
-  if (lua_getmetatable(L, idx)) { /* the script gave it one */
-    lua_pop(L, 1);
-    *dirty = 1;
-  }
-  if (*changed) *dirty = 1;
+  lua_pop(L, 1);
+  return changed;
 }
 
-/* A CHANGED deliver result from the table at `idx`: reuses the entry (and
- * its out_key) when the same table comes back with the same content. */
+/* 1 if the (written) view at `idx` still has the event's event, data and
+ * trace_id (other fields cannot change what is sent). No allocation but
+ * the key strings. */
+static int same_as_event(lua_State *L, int idx, const mw_event_t *ev,
+                         const json_t *data) {
+  int top = lua_gettop(L);
+  if (mw__lua_unproxy(L, idx)) idx = lua_gettop(L);
+  int eq = 0;
+  rawfield(L, idx, "event");
+  if (!lua_str_eq(L, -1, ev->name)) goto out;
+  rawfield(L, idx, "data");
+  if (!mw__lua_json_equal(L, -1, data)) goto out;
+  rawfield(L, idx, "trace_id");
+  eq = lua_isnil(L, -1) || lua_str_eq(L, -1, ev->trace_id);
+out:
+  lua_settop(L, top);
+  return eq;
+}
+
+static void result_hit(call_t *c, outent_t *e) {
+  c->res->out = json_incref(e->out);
+  c->res->out_key = e;
+  c->res->verdict = MW_VERDICT_CHANGED;
+}
+
+static void recent_push(pstate_t *s, outent_t *e) {
+  size_t i = 0;
+  while (i < s->nrecent && s->recent[i] != e)
+    i++;
+  if (i == s->nrecent && s->nrecent < OUT_RECENT) s->nrecent++;
+  if (i == OUT_RECENT) i = OUT_RECENT - 1;
+  memmove(&s->recent[1], &s->recent[0], i * sizeof s->recent[0]);
+  s->recent[0] = e;
+}
+
+/* A CHANGED deliver result from the table at `idx`. Equal results share one
+ * entry (and out_key, so the hub encodes them once): the same table coming
+ * back with the same content, or a new table equal to one of the latest
+ * distinct results (a fresh moonwire.copy per recipient, redacted the same
+ * way). res->out is a reference to the entry's JSON. */
 static void deliver_changed(lua_State *L, call_t *c, int hook, int idx) {
   pstate_t *s = c->s;
+  if (mw__lua_unproxy(L, idx)) idx = lua_gettop(L);
   const void *tp = lua_topointer(L, idx);
+  const char *trace = c->ev->trace_id;
   outent_t *e;
   HASH_FIND_PTR(s->outs, &tp, e);
-  if (e && e->out && fields_equal(L, idx, e->out, c->ev->trace_id)) {
-    c->res->out = json_deep_copy(e->out);
-    if (!c->res->out) mw_oom();
-    c->res->out_key = e;
-    c->res->verdict = MW_VERDICT_CHANGED;
+  if (e && e->out && fields_equal(L, idx, e->out, trace)) {
+    result_hit(c, e);
+    recent_push(s, e);
     return;
   }
-  json_t *out = make_out(L, c, hook, idx, c->ev->trace_id);
+  for (size_t i = 0; i < s->nrecent; i++) {
+    outent_t *r = s->recent[i];
+    if (r != e && r->out && fields_equal(L, idx, r->out, trace)) {
+      result_hit(c, r);
+      recent_push(s, r);
+      return;
+    }
+  }
+  json_t *out = make_out(L, c, hook, idx, trace);
   if (!out) return;
   outent_t *ne = mw_xcalloc(1, sizeof *ne);
   ne->table = tp;
@@ -1502,15 +1628,17 @@ static void deliver_changed(lua_State *L, call_t *c, int hook, int idx) {
     e->out = NULL;
     s->nouts--;
   }
-  if (s->nouts < OUT_CACHE_MAX) {
-    ne->out = json_deep_copy(out);
-    if (!ne->out) mw_oom();
-    HASH_ADD_PTR(s->outs, table, ne);
-    s->nouts++;
-  }
-  c->res->out = out;
   c->res->out_key = ne;
   c->res->verdict = MW_VERDICT_CHANGED;
+  if (s->nouts < OUT_CACHE_MAX) {
+    ne->out = out;
+    HASH_ADD_PTR(s->outs, table, ne);
+    s->nouts++;
+    recent_push(s, ne);
+    c->res->out = json_incref(out);
+  } else {
+    c->res->out = out;
+  }
 }
 
 /* One deliver stage (transform or on_deliver) on the stack: fn, conn,
@@ -1534,27 +1662,35 @@ static int deliver_stage(lua_State *L, call_t *c, int hook) {
   return r;
 }
 
+/* The result of on_deliver (after the transform) at `cur`, the view at
+ * `e`: the event unchanged, or a changed one. */
+static void deliver_result(lua_State *L, call_t *c, int e, int cur) {
+  if (lua_rawequal(L, cur, e) &&
+      (!c->dirty || same_as_event(L, cur, c->ev, c->data))) {
+    c->res->verdict = MW_VERDICT_ALLOW;
+    return;
+  }
+  deliver_changed(L, c, c->hook, cur);
+}
+
+/* The general path: builds the view if needed, runs the tenant's transform
+ * and on_deliver. */
 static void body_deliver(lua_State *L, call_t *c) {
   pstate_t *s = c->s;
   const mw_event_t *ev = c->ev;
   c->hook = H_DELIVER;
-  if (s->ev != ev || s->ev_ref == LUA_NOREF) {
-    if (s->ev != ev) {
-      event_cache_drop(s);
-      s->ev = mw_event_ref((mw_event_t *)ev);
-    } else if (s->ev_ref != LUA_NOREF) {
-      luaL_unref(L, LUA_REGISTRYINDEX, s->ev_ref);
-      s->ev_ref = LUA_NOREF;
-    }
-    push_event_table(L, ev, c->data);
-    s->ev_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  c->dirty = 1; /* until the calls are over */
+  if (s->ev != ev) {
+    event_cache_drop(s);
+    s->ev = mw_event_ref((mw_event_t *)ev);
   }
+  if (s->ev_ref == LUA_NOREF || s->tree.dirty) view_build(L, s, ev, c->data);
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->ev_ref);
   int e = lua_gettop(L);
   push_identity(L, c, c->id);
   int conn = lua_gettop(L);
   int cur = e;
-  tenant_t *t = tenant_find(s, c->id ? c->id->tenant_id : NULL);
+  tenant_t *t = identity_tenant(s, c->id);
   if (t && t->transform != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->transform);
     lua_pushvalue(L, conn);
@@ -1567,20 +1703,78 @@ static void body_deliver(lua_State *L, call_t *c) {
     lua_pushvalue(L, cur);
     cur = deliver_stage(L, c, H_DELIVER);
   }
-  /* Whatever happened, the cached table must still be the event. */
-  int dirty = 1, changed = 1;
-  if (c->res->status == MW_POLICY_OK)
-    event_compare(L, e, ev, c->data, &dirty, &changed);
-  if (dirty) {
-    luaL_unref(L, LUA_REGISTRYINDEX, s->ev_ref);
-    s->ev_ref = LUA_NOREF;
-  }
+  /* Whatever happened, the next recipient must get the event as it is. */
+  c->dirty = c->res->status != MW_POLICY_OK || s->tree.dirty ||
+             view_arrays_changed(L, s);
   if (!cur || c->res->status != MW_POLICY_OK) return;
-  if (lua_rawequal(L, cur, e) && !changed) {
-    c->res->verdict = MW_VERDICT_ALLOW;
+  deliver_result(L, c, e, cur);
+}
+
+/* Reads a changed result (stack: view, result) in protected mode. */
+static void body_deliver_result(lua_State *L, call_t *c) {
+  deliver_result(L, c, 1, 2);
+}
+
+/* on_deliver alone, the view built and clean (and in SLOT_VIEW), the conn
+ * table current: one lua_pcall straight into the hook, no trampoline
+ * (pushing values onto a stack with room does not allocate). Results that
+ * need converting go through the trampoline. */
+static void deliver_fast(call_t *c) {
+  pstate_t *s = c->s;
+  lua_State *L = s->L;
+  mw_policy_result_t *res = c->res;
+  int top = lua_gettop(L);
+  c->hook = H_DELIVER;
+  /* Three more slots are always there (LuaJIT never shrinks a stack below
+   * 40 slots); comparing arrays needs more. */
+  if ((s->narrays || top > 16) && !lua_checkstack(L, STACK_ROOM)) {
+    fail(c, H_DELIVER, MW_POLICY_NOMEM, "on_deliver: not enough memory");
     return;
   }
-  deliver_changed(L, c, c->hook, cur);
+  lua_pushvalue(L, SLOT_DELIVER);
+  if (c->id && c->id->ref != LUA_NOREF && c->id->generation)
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->id->ref);
+  else
+    lua_pushnil(L);
+  lua_pushvalue(L, SLOT_VIEW);
+  s->pending_calls++;
+  budget_start(c->p, s);
+  int rc = lua_pcall(L, 2, 1, SLOT_HANDLER);
+  s->deadline = 0;
+  if (s->timed_out) lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
+  if (rc) {
+    call_failed(L, c, H_DELIVER, rc);
+    view_drop(s);
+    lua_settop(L, top);
+    if (c->need_gc || s->refused) {
+      s->lifted = 1;
+      lua_gc(L, LUA_GCCOLLECT, 0);
+      s->lifted = 0;
+    }
+    return;
+  }
+  int r = top + 1;
+  c->dirty = s->tree.dirty || view_arrays_changed(L, s);
+  int t = lua_type(L, r);
+  if (t == LUA_TTABLE) {
+    if (!c->dirty && lua_rawequal(L, r, SLOT_VIEW)) {
+      res->verdict = MW_VERDICT_ALLOW;
+    } else {
+      lua_pushvalue(L, SLOT_VIEW);
+      lua_pushvalue(L, r);
+      c->body = body_deliver_result;
+      run_n(c, 2);
+    }
+  } else if (t == LUA_TNIL || (t == LUA_TBOOLEAN && !lua_toboolean(L, r))) {
+    res->verdict = MW_VERDICT_DROP;
+  } else {
+    BADRETURN(c, H_DELIVER,
+              "on_deliver: returned a %s (expected the event, a changed "
+              "event table, or nil to drop)",
+              luaL_typename(L, r));
+  }
+  if (c->dirty) view_drop(s);
+  lua_settop(L, top);
 }
 
 /* on_deliver(conn, event) (after the tenant's transform): see policy.h. */
@@ -1589,20 +1783,46 @@ void mw__policy_deliver(mw_policy_t *p, const mw_policy_identity_t *id,
                         mw_policy_result_t *res) {
   res_init(res);
   pstate_t *s = p->s;
-  tenant_t *t = tenant_find(s, id ? id->tenant_id : NULL);
-  if (s->hooks[H_DELIVER] == LUA_NOREF && !(t && t->transform != LUA_NOREF))
-    return;
-  call_t c = {.p = p,
-              .s = s,
-              .body = body_deliver,
-              .res = res,
-              .fail_verdict = MW_VERDICT_DROP,
-              .fail_code = 0,
-              .id = id,
-              .ev = ev,
-              .data = data ? data : mw__event_data(ev)};
-  run(&c);
+  tenant_t *t = identity_tenant(s, id);
+  int transform = t && t->transform != LUA_NOREF;
+  if (s->hooks[H_DELIVER] == LUA_NOREF && !transform) return;
+  /* Only what the deliver paths read (zeroing the whole call_t, with its
+   * on_connect identity, is a tenth of a pass-through call). */
+  call_t c;
+  c.p = p;
+  c.s = s;
+  c.body = body_deliver;
+  c.hook = H_DELIVER;
+  c.fail_verdict = MW_VERDICT_DROP;
+  c.fail_code = 0;
+  c.res = res;
+  c.need_gc = 0;
+  c.id = id;
+  c.ev = ev;
+  c.data = data ? data : mw__event_data(ev);
+  c.dirty = 0;
+  if (!transform && s->ev == ev && s->ev_ref != LUA_NOREF && !s->tree.dirty &&
+      s->slot_tree == s->tree.id &&
+      (!id || id->ref == LUA_NOREF || !id->generation ||
+       id->generation == s->generation)) {
+    deliver_fast(&c);
+  } else {
+    run(&c);
+    if (c.dirty || res->status != MW_POLICY_OK) {
+      view_drop(s);
+    } else if (s->ev_ref != LUA_NOREF && s->slot_tree != s->tree.id) {
+      /* The view for the fast path of the next recipients. */
+      lua_rawgeti(s->L, LUA_REGISTRYINDEX, s->ev_ref);
+      lua_replace(s->L, SLOT_VIEW);
+      s->slot_tree = s->tree.id;
+    }
+  }
   if (res->status != MW_POLICY_OK) mw__policy_result_clear(res);
+}
+
+/* Publishes the pending on_deliver call count. */
+void mw__policy_flush(mw_policy_t *p) {
+  if (p) calls_flush(p);
 }
 
 static void body_disconnect(lua_State *L, call_t *c) {

@@ -80,6 +80,10 @@ typedef struct mw_policy_identity {
   char *transport;
   json_t *claims;     /* the claims as returned (NULL: none) */
   unsigned generation;/* of the state that made `ref`; 0: none */
+  /* Private: the tenant rules found for tenant_id in the state of
+   * `tenant_generation` (a per-connection cache of the lookup). */
+  const void *tenant_rules;
+  unsigned tenant_generation;
 } mw_policy_identity_t;
 
 /* The result of one hook call. */
@@ -137,11 +141,19 @@ void mw__policy_publish(mw_policy_t *p, const mw_policy_identity_t *id,
                         const json_t *event, mw_policy_result_t *res);
 
 /* on_deliver(conn, event) for one recipient of a sealed event. The event's
- * Lua table is built once per event and reused for every recipient; a hook
- * that returns it unmodified gives ALLOW (no re-encode). */
+ * Lua table is built once per event and reused for every recipient (a
+ * read-only view: writes are caught, see docs/lua.md); a hook that returns
+ * it unmodified gives ALLOW (no re-encode). CHANGED results equal to one
+ * already made for this event share its out_key, and res->out is then a
+ * reference to the same JSON (read-only). Needs no memset of `res`. */
 void mw__policy_deliver(mw_policy_t *p, const mw_policy_identity_t *id,
                         const mw_event_t *ev, const json_t *data,
                         mw_policy_result_t *res);
+
+/* Publishes the hook call counts kept per state since the last flush
+ * (deliver calls are counted in the state, not one atomic add per call).
+ * The hub calls it after each fan-out; any other hook call flushes too. */
+void mw__policy_flush(mw_policy_t *p);
 
 /* on_disconnect(conn, reason); errors are logged and counted only. */
 void mw__policy_disconnect(mw_policy_t *p, const mw_policy_identity_t *id,
@@ -172,5 +184,49 @@ void mw__policy_identity_free(mw_policy_t *p, mw_policy_identity_t *id);
 
 /* Frees res->out if set. */
 void mw__policy_result_clear(mw_policy_result_t *res);
+
+/* ---- shared by policy.c and policy_lib.c only ----
+ *
+ * The event handed to on_deliver (and its nested objects) are proxies: empty
+ * tables whose metatable reads through to a backing table (`__index`) and
+ * catches writes (`__newindex`: marks the tree dirty, then writes to the
+ * backing table). Arrays stay plain tables (the `#` operator ignores
+ * metatables in LuaJIT); the engine compares them after each call. The
+ * sandbox's pairs, ipairs, next, rawget, unpack, getmetatable, setmetatable
+ * and table.* see through proxies. */
+struct lua_State;
+
+/* The event tree being handed out: its id (proxies carry it) and whether a
+ * write reached one of its proxies. */
+typedef struct mw_lua_tree {
+  unsigned id;
+  int dirty;
+} mw_lua_tree_t;
+
+/* Registers `tree` (lives as long as the state) for the proxies' write
+ * catcher. Allocates: protected mode. */
+void mw__lua_tree_register(struct lua_State *L, mw_lua_tree_t *tree);
+
+/* Pushes a proxy for the table at `backing` with the tree id `id`.
+ * Allocates: protected mode. */
+void mw__lua_push_proxy(struct lua_State *L, int backing, unsigned id);
+
+/* Pushes the JSON `v` as a read-only view: objects become proxies (tree id
+ * `id`), arrays plain tables as mw__lua_push_json makes them, each appended
+ * to the Lua list at `arrays` (when not 0) with its JSON in `jarrays`
+ * (grown with mw_xrealloc; *n entries, *cap allocated; owned by the
+ * caller). Returns 0, or -1 (nothing pushed) past `maxdepth`. Allocates:
+ * protected mode. */
+int mw__lua_push_view(struct lua_State *L, const json_t *v, int maxdepth,
+                      unsigned id, int arrays, const json_t ***jarrays,
+                      size_t *n, size_t *cap);
+
+/* If the value at `idx` is a proxy, pushes its backing table and returns
+ * 1; else 0 (nothing pushed). Never allocates or raises. */
+int mw__lua_unproxy(struct lua_State *L, int idx);
+
+/* Replaces the sandbox's functions in the environment table at `env`
+ * with proxy-aware ones (see above). Allocates: protected mode. */
+void mw__lua_sandbox_wrap(struct lua_State *L, int env);
 
 #endif

@@ -27,6 +27,93 @@
 /* Registry keys (their addresses). */
 static const char array_mt_key;
 static const char box_mt_key;
+static const char tree_key;     /* the mw_lua_tree_t (light userdata) */
+static const char newindex_key; /* the proxies' write catcher */
+/* A proxy's metatable holds its tree id at this key (and its backing table
+ * at [1]): that is what makes it a proxy. */
+static const char proxy_key;
+
+static int abs_index(lua_State *L, int idx) {
+  return idx < 0 && idx > LUA_REGISTRYINDEX ? lua_gettop(L) + idx + 1 : idx;
+}
+
+/* ---- proxies: read-only views of an event ---- */
+
+/* Pushes the backing table of a proxy at `idx` (1), or nothing (0). */
+int mw__lua_unproxy(lua_State *L, int idx) {
+  if (lua_type(L, idx) != LUA_TTABLE) return 0;
+  idx = abs_index(L, idx);
+  if (!lua_getmetatable(L, idx)) return 0;
+  lua_pushlightuserdata(L, (void *)&proxy_key);
+  lua_rawget(L, -2);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 2);
+    return 0;
+  }
+  lua_pop(L, 1);
+  lua_rawgeti(L, -1, 1);
+  lua_remove(L, -2);
+  return 1;
+}
+
+static int is_proxy(lua_State *L, int idx) {
+  if (!mw__lua_unproxy(L, idx)) return 0;
+  lua_pop(L, 1);
+  return 1;
+}
+
+/* Marks the tree of the proxy at `idx` dirty if it is the current one. */
+static void mark_dirty(lua_State *L, int idx) {
+  if (!lua_getmetatable(L, idx)) return;
+  lua_pushlightuserdata(L, (void *)&proxy_key);
+  lua_rawget(L, -2);
+  lua_Number id = lua_tonumber(L, -1);
+  lua_pop(L, 2);
+  lua_pushlightuserdata(L, (void *)&tree_key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  mw_lua_tree_t *t = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (t && (lua_Number)t->id == id) t->dirty = 1;
+}
+
+/* __newindex(proxy, k, v): the write happens (on the backing table), and
+ * the tree is marked so the engine treats the event as changed. */
+static int proxy_newindex(lua_State *L) {
+  mark_dirty(L, 1);
+  if (!mw__lua_unproxy(L, 1)) return 0;
+  lua_pushvalue(L, 2);
+  lua_pushvalue(L, 3);
+  lua_rawset(L, -3);
+  return 0;
+}
+
+/* Makes `tree` the one the proxies' write catcher marks. */
+void mw__lua_tree_register(lua_State *L, mw_lua_tree_t *tree) {
+  lua_pushlightuserdata(L, (void *)&tree_key);
+  lua_pushlightuserdata(L, tree);
+  lua_rawset(L, LUA_REGISTRYINDEX);
+}
+
+/* Pushes a proxy of the table at `backing` for tree `id`. */
+void mw__lua_push_proxy(lua_State *L, int backing, unsigned id) {
+  backing = abs_index(L, backing);
+  luaL_checkstack(L, 4, "proxy");
+  lua_createtable(L, 0, 0);
+  lua_createtable(L, 1, 4);
+  lua_pushvalue(L, backing);
+  lua_rawseti(L, -2, 1);
+  lua_pushvalue(L, backing);
+  lua_setfield(L, -2, "__index");
+  lua_pushlightuserdata(L, (void *)&newindex_key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  lua_setfield(L, -2, "__newindex");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_pushlightuserdata(L, (void *)&proxy_key);
+  lua_pushnumber(L, (lua_Number)id);
+  lua_rawset(L, -3);
+  lua_setmetatable(L, -2);
+}
 
 /* ---- boxes: C resources owned by a userdata until released ---- */
 
@@ -129,6 +216,58 @@ static int push_json(lua_State *L, const json_t *v, int depth, int maxdepth) {
 
 int mw__lua_push_json(lua_State *L, const json_t *v, int maxdepth) {
   return push_json(L, v, 0, maxdepth);
+}
+
+typedef struct view {
+  int maxdepth;
+  unsigned id;
+  int arrays;
+  const json_t ***jarrays;
+  size_t *n, *cap;
+} view_t;
+
+static int push_view(lua_State *L, const json_t *v, int depth, view_t *c) {
+  if (json_is_object(v)) {
+    if (depth >= c->maxdepth) return -1;
+    luaL_checkstack(L, 6, "json");
+    lua_createtable(L, 0, (int)json_object_size(v));
+    int b = lua_gettop(L);
+    const char *k;
+    size_t klen;
+    json_t *item;
+    json_object_keylen_foreach((json_t *)v, k, klen, item) {
+      lua_pushlstring(L, k, klen);
+      if (push_view(L, item, depth + 1, c)) {
+        lua_settop(L, b - 1);
+        return -1;
+      }
+      lua_rawset(L, b);
+    }
+    mw__lua_push_proxy(L, b, c->id);
+    lua_remove(L, b);
+    return 0;
+  }
+  if (push_json(L, v, depth, c->maxdepth)) return -1;
+  if (json_is_array(v) && c->arrays) {
+    if (*c->n == *c->cap) {
+      *c->cap = *c->cap ? *c->cap * 2 : 8;
+      *c->jarrays =
+          mw_xrealloc((void *)*c->jarrays, *c->cap * sizeof **c->jarrays);
+    }
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, c->arrays, (int)*c->n + 1);
+    (*c->jarrays)[(*c->n)++] = v;
+  }
+  return 0;
+}
+
+/* Pushes `v` as a read-only view (objects behind proxies). */
+int mw__lua_push_view(lua_State *L, const json_t *v, int maxdepth,
+                      unsigned id, int arrays, const json_t ***jarrays,
+                      size_t *n, size_t *cap) {
+  view_t c = {maxdepth, id, arrays ? abs_index(L, arrays) : 0, jarrays, n,
+              cap};
+  return push_view(L, v, 0, &c);
 }
 
 /* ---- Lua -> jansson ---- */
@@ -285,6 +424,11 @@ static json_t *tj_value(tojson_t *c, int idx, int depth) {
     return v;
   }
   case LUA_TTABLE:
+    if (mw__lua_unproxy(L, idx)) {
+      json_t *r = tj_table(c, lua_gettop(L), depth);
+      lua_pop(L, 1);
+      return r;
+    }
     return tj_table(c, idx, depth);
   default:
     snprintf(c->err, c->errlen, "cannot encode a %s",
@@ -312,6 +456,11 @@ json_t *mw__lua_to_json(lua_State *L, int idx, int maxdepth, char *err,
 static int equal(lua_State *L, int idx, const json_t *v, int depth) {
   if (depth > EQUAL_MAX_DEPTH) return 0;
   int t = lua_type(L, idx);
+  if (t == LUA_TTABLE && mw__lua_unproxy(L, idx)) {
+    int eq = equal(L, lua_gettop(L), v, depth);
+    lua_pop(L, 1);
+    return eq;
+  }
   switch (json_typeof(v)) {
   case JSON_OBJECT: {
     if (t != LUA_TTABLE) return 0;
@@ -380,7 +529,7 @@ static int l_json_encode(lua_State *L) {
   char err[128];
   luaL_checkany(L, 1);
   lua_settop(L, 1);
-  luaL_checkstack(L, 3 * MW_POLICY_JSON_DEPTH + 8, "json.encode");
+  luaL_checkstack(L, 5 * MW_POLICY_JSON_DEPTH + 8, "json.encode");
   box_t *b = box_push(L);
   b->json = mw__lua_to_json(L, 1, MW_POLICY_JSON_DEPTH, err, sizeof err);
   if (!b->json) return luaL_error(L, "json.encode: %s", err);
@@ -597,26 +746,42 @@ static void copy_value(lua_State *L, int idx, int seen, int depth) {
   lua_pop(L, 1);
   if (depth > COPY_MAX_DEPTH) luaL_error(L, "copy: nested too deep");
   luaL_checkstack(L, 8, "copy");
-  lua_newtable(L);
+  /* A proxy (the event's read-only view) is copied as its backing table,
+   * without the proxy's metatable: the copy is a plain, writable table. */
+  int src = idx, proxy = mw__lua_unproxy(L, idx);
+  if (proxy) src = lua_gettop(L);
+  /* Sized up front: growing a table key by key rehashes it every power of
+   * two. Keys 1..n go to the array part. */
+  int narr = 0, nrec = 0;
+  lua_pushnil(L);
+  while (lua_next(L, src)) {
+    lua_pop(L, 1);
+    if (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) == narr + 1)
+      narr++;
+    else
+      nrec++;
+  }
+  lua_createtable(L, narr, nrec);
   int t = lua_gettop(L);
   lua_pushvalue(L, idx);
   lua_pushvalue(L, t);
   lua_rawset(L, seen);
   lua_pushnil(L);
-  while (lua_next(L, idx)) {
+  while (lua_next(L, src)) {
     int kv = lua_gettop(L);
     lua_pushvalue(L, kv - 1);
     copy_value(L, kv, seen, depth + 1);
     lua_rawset(L, t);
     lua_pop(L, 1);
   }
-  if (lua_getmetatable(L, idx)) lua_setmetatable(L, t);
+  if (!proxy && lua_getmetatable(L, idx)) lua_setmetatable(L, t);
+  if (proxy) lua_remove(L, src);
 }
 
 static int l_copy(lua_State *L) {
   luaL_checkany(L, 1);
   lua_settop(L, 1);
-  lua_newtable(L);
+  lua_createtable(L, 0, 4);
   copy_value(L, 1, 2, 0);
   return 1;
 }
@@ -632,6 +797,9 @@ void mw__policy_lib_push(lua_State *L) {
   lua_rawset(L, LUA_REGISTRYINDEX);
   lua_pushlightuserdata(L, (void *)&array_mt_key);
   lua_newtable(L);
+  lua_rawset(L, LUA_REGISTRYINDEX);
+  lua_pushlightuserdata(L, (void *)&newindex_key);
+  lua_pushcfunction(L, proxy_newindex);
   lua_rawset(L, LUA_REGISTRYINDEX);
 
   lua_createtable(L, 0, 8);
@@ -658,4 +826,148 @@ void mw__policy_lib_push(lua_State *L) {
   lua_setfield(L, -2, "match");
   lua_pushcfunction(L, l_copy);
   lua_setfield(L, -2, "copy");
+}
+
+/* ---- the sandbox's proxy-aware functions ---- */
+
+/* next(t, k), raw, through proxies. */
+static int w_next(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 2);
+  if (mw__lua_unproxy(L, 1)) lua_replace(L, 1);
+  if (lua_next(L, 1)) return 2;
+  lua_pushnil(L);
+  return 1;
+}
+
+/* pairs(t): the built-in next (upvalue 2) for plain tables, w_next
+ * (upvalue 1) over a proxy (its backing table is never handed out). */
+static int w_pairs(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_pushvalue(L, lua_upvalueindex(is_proxy(L, 1) ? 1 : 2));
+  lua_pushvalue(L, 1);
+  lua_pushnil(L);
+  return 3;
+}
+
+static int w_inext(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_Integer i = luaL_checkinteger(L, 2) + 1;
+  if (mw__lua_unproxy(L, 1)) lua_replace(L, 1);
+  lua_rawgeti(L, 1, (int)i);
+  if (lua_isnil(L, -1)) return 0;
+  lua_pushinteger(L, i);
+  lua_insert(L, -2);
+  return 2;
+}
+
+/* ipairs(t): the built-in ipairs (upvalue 2) for plain tables. */
+static int w_ipairs(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  if (is_proxy(L, 1)) {
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushvalue(L, 1);
+    lua_pushinteger(L, 0);
+    return 3;
+  }
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_insert(L, 1);
+  lua_call(L, 1, 3);
+  return 3;
+}
+
+static int w_rawget(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checkany(L, 2);
+  lua_settop(L, 2);
+  if (mw__lua_unproxy(L, 1)) lua_replace(L, 1);
+  lua_rawget(L, 1);
+  return 1;
+}
+
+/* getmetatable: nil for a proxy (as for the plain table it stands for). */
+static int w_getmetatable(lua_State *L) {
+  luaL_checkany(L, 1);
+  lua_settop(L, 1);
+  if (is_proxy(L, 1)) {
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+static int w_setmetatable(lua_State *L) {
+  if (is_proxy(L, 1))
+    return luaL_error(L, "setmetatable: the event is read-only "
+                         "(change a moonwire.copy(event) instead)");
+  int n = lua_gettop(L);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, n, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+/* Calls upvalue 1 with the arguments, a proxy first argument replaced by
+ * its backing table; upvalue 2 true: the call writes to it (the tree is
+ * marked dirty). */
+static int w_through(lua_State *L) {
+  int n = lua_gettop(L);
+  if (n >= 1 && lua_type(L, 1) == LUA_TTABLE && mw__lua_unproxy(L, 1)) {
+    if (lua_toboolean(L, lua_upvalueindex(2))) mark_dirty(L, 1);
+    lua_replace(L, 1);
+  }
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, n, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+static void wrap_through(lua_State *L, int t, const char *name, int writes) {
+  lua_getfield(L, t, name);
+  if (!lua_isfunction(L, -1)) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pushboolean(L, writes);
+  lua_pushcclosure(L, w_through, 2);
+  lua_setfield(L, t, name);
+}
+
+/* Installs the proxy-aware pairs, ipairs, next, rawget, unpack,
+ * getmetatable, setmetatable and table.* in the environment `env`. */
+void mw__lua_sandbox_wrap(lua_State *L, int env) {
+  env = abs_index(L, env);
+  lua_pushcfunction(L, w_next);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, env, "next");
+  lua_getglobal(L, "next");
+  lua_pushcclosure(L, w_pairs, 2);
+  lua_setfield(L, env, "pairs");
+  lua_pushcfunction(L, w_inext);
+  lua_getglobal(L, "ipairs");
+  lua_pushcclosure(L, w_ipairs, 2);
+  lua_setfield(L, env, "ipairs");
+  lua_pushcfunction(L, w_rawget);
+  lua_setfield(L, env, "rawget");
+  lua_getglobal(L, "getmetatable");
+  lua_pushcclosure(L, w_getmetatable, 1);
+  lua_setfield(L, env, "getmetatable");
+  lua_getglobal(L, "setmetatable");
+  lua_pushcclosure(L, w_setmetatable, 1);
+  lua_setfield(L, env, "setmetatable");
+  wrap_through(L, env, "unpack", 0);
+  lua_getfield(L, env, "table");
+  if (lua_istable(L, -1)) {
+    int t = lua_gettop(L);
+    static const char *const writes[] = {"insert", "remove", "sort", NULL};
+    static const char *const reads[] = {"concat", "foreach", "foreachi",
+                                        "getn",   "maxn",    NULL};
+    for (int i = 0; writes[i]; i++) wrap_through(L, t, writes[i], 1);
+    for (int i = 0; reads[i]; i++) wrap_through(L, t, reads[i], 0);
+  }
+  lua_pop(L, 1);
 }

@@ -256,6 +256,94 @@ static void test_deliver_hook_drop_and_shared_transform(void **state) {
   mw__client_free(&c2);
 }
 
+/* Records what a recipient got: the event and its data as sorted JSON. */
+typedef struct got {
+  int n;
+  const mw_event_t *last;
+  char data[256];
+} got_t;
+
+static void deliver_got(mw_client_t *c, mw_event_t *ev, void *ud) {
+  got_t *g = ud;
+  (void)c;
+  g->n++;
+  g->last = ev;
+  char *t = json_dumps(mw__event_data(ev), JSON_COMPACT | JSON_SORT_KEYS);
+  snprintf(g->data, sizeof g->data, "%s", t ? t : "");
+  free(t);
+}
+
+static mw_client_t *client_got(core_fixture_t *f, got_t *g, const char *tok) {
+  mw_client_t *c = mw__client_new(&f->worker, "websocket", deliver_got, g);
+  assert_int_equal(mw__client_connect(c, tok, NULL), 0);
+  assert_int_equal(mw__subscribe(c, "t"), 0);
+  return c;
+}
+
+/* The event handed to on_deliver is one view per event: writes to it (an
+ * object field, an array through table.insert) make a changed event for
+ * that recipient only; recipients after it get the event as published;
+ * reads through pairs / # / rawget see the event. */
+static void test_deliver_hook_writes_stay_with_the_recipient(void **state) {
+  core_fixture_t *f = *state;
+  fixture_set_policy(
+      f, "function on_connect(req) return {user_id=req.token} end\n"
+         "function on_deliver(conn, ev)\n"
+         "  local u = conn.user_id\n"
+         "  if u == 'inplace' then ev.data.extra = 1; return ev end\n"
+         "  if u == 'nested' then ev.data.obj.k = 'w'; return ev end\n"
+         "  if u == 'push' then table.insert(ev.data.list, 3); return ev end\n"
+         "  if u == 'read' then\n"
+         "    local n = 0\n"
+         "    for k, v in pairs(ev.data) do n = n + 1 end\n"
+         "    local m = 0\n"
+         "    for i, v in ipairs(ev.data.list) do m = m + v end\n"
+         "    if n == 3 and #ev.data.list == 2 and m == 3 and\n"
+         "       rawget(ev.data, 'obj').k == 'v' and next(ev.data) ~= nil and\n"
+         "       getmetatable(ev.data) == nil and\n"
+         "       moonwire.json.encode(ev.data) ==\n"
+         "         '{\"list\":[1,2],\"obj\":{\"k\":\"v\"},\"x\":\"y\"}' then\n"
+         "      return ev\n"
+         "    end\n"
+         "    return nil\n"
+         "  end\n"
+         "  return ev\n"
+         "end\n");
+  /* The hub delivers to the newest subscription first. */
+  const char *order[] = {"keep", "read", "push", "keep", "nested", "keep",
+                         "inplace"};
+  enum { N = 7 };
+  got_t g[N];
+  mw_client_t *c[N];
+  memset(g, 0, sizeof g);
+  for (int i = N - 1; i >= 0; i--) c[i] = client_got(f, &g[i], order[i]);
+  for (int round = 0; round < 2; round++) {
+    json_t *data = json_loads(
+        "{\"x\":\"y\",\"list\":[1,2],\"obj\":{\"k\":\"v\"}}", 0, NULL);
+    mw_event_t *ev = sealed_data("t", 9 + (uint64_t)round, data);
+    mw__hub_deliver(f->worker.hub, ev);
+    const char *orig = "{\"list\":[1,2],\"obj\":{\"k\":\"v\"},\"x\":\"y\"}";
+    for (int i = 0; i < N; i++) {
+      assert_int_equal(g[i].n, round + 1);
+      if (!strcmp(order[i], "inplace")) {
+        assert_string_equal(g[i].data, "{\"extra\":1,\"list\":[1,2],\"obj\":"
+                                       "{\"k\":\"v\"},\"x\":\"y\"}");
+      } else if (!strcmp(order[i], "nested")) {
+        assert_string_equal(g[i].data,
+                            "{\"list\":[1,2],\"obj\":{\"k\":\"w\"},\"x\":\"y\"}");
+      } else if (!strcmp(order[i], "push")) {
+        assert_string_equal(g[i].data,
+                            "{\"list\":[1,2,3],\"obj\":{\"k\":\"v\"},\"x\":\"y\"}");
+      } else {
+        assert_string_equal(g[i].data, orig);
+        assert_ptr_equal(g[i].last, ev); /* the shared bytes */
+      }
+    }
+    mw_event_unref(&ev);
+  }
+  for (int i = 0; i < N; i++) mw__client_free(&c[i]);
+}
+
 /* Records seqs in order. */
 typedef struct seqs {
   uint64_t got[64];
@@ -387,6 +475,8 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(test_client_ids_unique, setup, teardown),
       cmocka_unit_test_setup_teardown(test_tenant_isolation, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_deliver_hook_writes_stay_with_the_recipient, setup, teardown),
       cmocka_unit_test_setup_teardown(
           test_recovery_replays_then_live_without_gap_or_dup, setup, teardown),
       cmocka_unit_test_setup_teardown(test_recovery_other_epoch_is_not_recovered,

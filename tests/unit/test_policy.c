@@ -34,6 +34,14 @@ static mw_policy_t *load(const char *name) {
   return p;
 }
 
+/* Loads a script by path with a 200 ms budget and a 16 MiB cap. */
+static mw_policy_t *load_path(const char *path) {
+  mw_policy_limits_t lim = {.budget_ms = 200, .memory_bytes = 16u << 20};
+  mw_policy_t *p = mw__policy_new(path, &lim, err, sizeof err);
+  if (!p) fail_msg("loading %s: %s", path, err);
+  return p;
+}
+
 /* The line of `needle` in a fixture, for script:line checks. */
 static int line_of(const char *name, const char *needle) {
   char path[1024], line[1024];
@@ -1015,6 +1023,163 @@ static void test_topic_match(void **state) {
   assert_true((uv_hrtime() - t0) / 1000000 < 1000);
 }
 
+/* ---- deliver: the read-only view of the event ---- */
+
+static const char view_lua[] =
+    "function on_connect(req) return {user_id = req.token} end\n"
+    "stash = false\n"
+    "function on_deliver(conn, ev)\n"
+    "  local u = conn.user_id\n"
+    "  if u == 'nested' then ev.data.nested.y = false; return ev end\n"
+    "  if u == 'array' then table.insert(ev.data.tags, 'c'); return ev end\n"
+    "  if u == 'arrayset' then ev.data.tags[1] = 'z'; return ev end\n"
+    "  if u == 'objinsert' then table.insert(ev.data, 'q'); return ev end\n"
+    "  if u == 'same' then ev.data.name = 'Bike'; return ev end\n"
+    "  if u == 'setmt' then setmetatable(ev, {}); return ev end\n"
+    "  if u == 'stash' then stash = ev.data; return ev end\n"
+    "  if u == 'late' then stash.name = 'Late'; return ev end\n"
+    "  if u == 'copy' then\n"
+    "    local c = moonwire.copy(ev); c.data.who = 'x'; return c\n"
+    "  end\n"
+    "  if u == 'copycheck' then\n"
+    "    local c = moonwire.copy(ev)\n"
+    "    c.data.n = 2\n"
+    "    if getmetatable(c) == nil and getmetatable(c.data) == nil and\n"
+    "       getmetatable(c.data.tags) == moonwire.json.array_mt and\n"
+    "       rawget(c.data, 'n') == 2 and ev.data.n == 1.5 then\n"
+    "      return ev\n"
+    "    end\n"
+    "    return nil\n"
+    "  end\n"
+    "  if u == 'reads' then\n"
+    "    local keys = {}\n"
+    "    for k in pairs(ev) do keys[#keys + 1] = k end\n"
+    "    table.sort(keys)\n"
+    "    local n = 0\n"
+    "    for k, v in next, ev.data do n = n + 1 end\n"
+    "    if table.concat(keys, ',') == 'data,event,id,seq,topic,trace_id,type'\n"
+    "       and n == 4 and #ev.data.tags == 2 and unpack(ev.data.tags) == 'a'\n"
+    "       and rawget(ev, 'id') == 'room:1:7' and ev.data.nested.x ==\n"
+    "       moonwire.json.null and getmetatable(ev) == nil then\n"
+    "      return ev\n"
+    "    end\n"
+    "    return nil\n"
+    "  end\n"
+    "  if u == 'loop' then while true do end end\n"
+    "  if u == 'hog' then\n"
+    "    local t = {}\n"
+    "    while true do t[#t + 1] = string.rep('x', 1e6) .. #t end\n"
+    "  end\n"
+    "  return ev\n"
+    "end\n";
+
+static void deliver_as(mw_policy_t *p, const char *user, mw_event_t *ev,
+                       mw_policy_result_t *res) {
+  mw_policy_identity_t id;
+  ident(p, user, NULL, NULL, &id);
+  deliver(p, &id, ev, res);
+  mw__policy_identity_free(p, &id);
+}
+
+static void expect_pass(mw_policy_t *p, mw_event_t *ev) {
+  mw_policy_result_t res;
+  deliver_as(p, "pass", ev, &res);
+  assert_int_equal(res.status, MW_POLICY_OK);
+  assert_int_equal(res.verdict, MW_VERDICT_ALLOW);
+  assert_null(res.out);
+}
+
+static void expect_changed(mw_policy_t *p, const char *user, mw_event_t *ev,
+                           const char *json) {
+  mw_policy_result_t res;
+  deliver_as(p, user, ev, &res);
+  if (res.status != MW_POLICY_OK) fail_msg("%s: %s", user, res.reason);
+  assert_int_equal(res.verdict, MW_VERDICT_CHANGED);
+  assert_json(res.out, json);
+  mw__policy_result_clear(&res);
+  /* The next recipient gets the event as published. */
+  expect_pass(p, ev);
+}
+
+static void test_deliver_view(void **state) {
+  (void)state;
+  mw_policy_t *p = load_path(write_script("view.lua", view_lua));
+  mw_event_t *ev = room_event(7);
+  mw_policy_result_t res, a, b;
+  expect_pass(p, ev);
+  expect_pass(p, ev); /* the fast path */
+  expect_changed(p, "nested", ev,
+                 "{\"event\":\"UPDATED\",\"trace_id\":\"tr-1\",\"data\":"
+                 "{\"name\":\"Bike\",\"tags\":[\"a\",\"b\"],\"n\":1.5,"
+                 "\"nested\":{\"x\":null,\"y\":false,\"e\":[]}}}");
+  expect_changed(p, "array", ev,
+                 "{\"event\":\"UPDATED\",\"trace_id\":\"tr-1\",\"data\":"
+                 "{\"name\":\"Bike\",\"tags\":[\"a\",\"b\",\"c\"],\"n\":1.5,"
+                 "\"nested\":{\"x\":null,\"y\":true,\"e\":[]}}}");
+  expect_changed(p, "arrayset", ev,
+                 "{\"event\":\"UPDATED\",\"trace_id\":\"tr-1\",\"data\":"
+                 "{\"name\":\"Bike\",\"tags\":[\"z\",\"b\"],\"n\":1.5,"
+                 "\"nested\":{\"x\":null,\"y\":true,\"e\":[]}}}");
+  expect_changed(p, "objinsert", ev,
+                 "{\"event\":\"UPDATED\",\"trace_id\":\"tr-1\",\"data\":"
+                 "{\"name\":\"Bike\",\"tags\":[\"a\",\"b\"],\"n\":1.5,\"1\":\"q\","
+                 "\"nested\":{\"x\":null,\"y\":true,\"e\":[]}}}");
+  /* Written with the same value: still the event. */
+  deliver_as(p, "same", ev, &res);
+  assert_int_equal(res.verdict, MW_VERDICT_ALLOW);
+  assert_null(res.out);
+  expect_pass(p, ev);
+  /* Reads see the event through the view. */
+  deliver_as(p, "reads", ev, &res);
+  assert_int_equal(res.status, MW_POLICY_OK);
+  assert_int_equal(res.verdict, MW_VERDICT_ALLOW);
+  deliver_as(p, "copycheck", ev, &res);
+  assert_int_equal(res.status, MW_POLICY_OK);
+  assert_int_equal(res.verdict, MW_VERDICT_ALLOW);
+  expect_pass(p, ev);
+  /* setmetatable on the view fails the call (dropped), nothing else. */
+  deliver_as(p, "setmt", ev, &res);
+  assert_int_equal(res.status, MW_POLICY_ERROR);
+  assert_int_equal(res.verdict, MW_VERDICT_DROP);
+  assert_contains(res.reason, "read-only");
+  expect_pass(p, ev);
+  /* Equal copies from different tables share one result (one encoding). */
+  deliver_as(p, "copy", ev, &a);
+  deliver_as(p, "copy", ev, &b);
+  assert_int_equal(a.verdict, MW_VERDICT_CHANGED);
+  assert_int_equal(b.verdict, MW_VERDICT_CHANGED);
+  assert_ptr_equal(a.out_key, b.out_key);
+  assert_true(json_equal(a.out, b.out));
+  mw__policy_result_clear(&a);
+  mw__policy_result_clear(&b);
+  expect_pass(p, ev);
+  /* A view kept from an older event: writing to it changes nothing now. */
+  deliver_as(p, "stash", ev, &res);
+  assert_int_equal(res.verdict, MW_VERDICT_ALLOW);
+  mw_event_t *ev2 = room_event(8);
+  deliver_as(p, "late", ev2, &res);
+  assert_int_equal(res.status, MW_POLICY_OK);
+  assert_int_equal(res.verdict, MW_VERDICT_ALLOW);
+  expect_pass(p, ev2);
+  /* Budget and memory on the fast path; the state keeps working. */
+  expect_pass(p, ev2);
+  deliver_as(p, "loop", ev2, &res);
+  assert_int_equal(res.status, MW_POLICY_TIMEOUT);
+  assert_int_equal(res.verdict, MW_VERDICT_DROP);
+  expect_pass(p, ev2);
+  deliver_as(p, "hog", ev2, &res);
+  assert_int_equal(res.status, MW_POLICY_NOMEM);
+  assert_int_equal(res.verdict, MW_VERDICT_DROP);
+  expect_pass(p, ev2);
+  expect_changed(p, "nested", ev2,
+                 "{\"event\":\"UPDATED\",\"trace_id\":\"tr-1\",\"data\":"
+                 "{\"name\":\"Bike\",\"tags\":[\"a\",\"b\"],\"n\":1.5,"
+                 "\"nested\":{\"x\":null,\"y\":false,\"e\":[]}}}");
+  mw_event_unref(&ev);
+  mw_event_unref(&ev2);
+  mw__policy_free(p);
+}
+
 int main(void) {
   mw__log_setup(MW_LOG_ERROR, 0);
   const struct CMUnitTest tests[] = {
@@ -1031,6 +1196,7 @@ int main(void) {
       cmocka_unit_test(test_deliver_drop_and_change),
       cmocka_unit_test(test_deliver_out_keys),
       cmocka_unit_test(test_deliver_failures),
+      cmocka_unit_test(test_deliver_view),
       cmocka_unit_test(test_publish),
       cmocka_unit_test(test_tenants),
       cmocka_unit_test(test_reload),
