@@ -479,7 +479,7 @@ try:
             b = none[(s["subscribers"], s["events"])]["server_cpu_us_per_delivery"]
             x = s["server_cpu_us_per_delivery"] / b - 1
             ok = ok and x <= 0.15
-            parts.append(f"{s['subscribers']:,} × {s['events']:,}: +{x:.0%} CPU per delivery with a "
+            parts.append(f"{s['subscribers']:,} × {s['events']:,}: {x:+.0%} CPU per delivery with a "
                          f"pass-through `on_deliver` (goal ≤15%)")
     tl.append(line("f: `on_deliver` overhead ≤15%", ok if parts else None,
                    "; ".join(parts) + " (from the fan-out table above)" if parts else "run `bench/run.sh`"))

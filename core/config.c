@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <uv.h>
 
 #include "log.h"
 #include "moonwire/version.h"
@@ -27,7 +28,8 @@ typedef struct known_key {
 
 static const known_key_t known[] = {
     {"listen", K_STR, 1, NULL, "127.0.0.1:8080", "ADDR:PORT to listen on"},
-    {"workers", K_INT, 1, NULL, "1", "event loops (threads)"},
+    {"workers", K_INT, 1, NULL, NULL,
+     "event loops (threads; default: the number of cores)"},
     {"storage", K_STR, 1, NULL, "memory", "storage plugin: memory|redis"},
     {"redis", K_STR, 1, NULL, NULL,
      "redis://host:port[/db] for --storage redis"},
@@ -61,7 +63,7 @@ static const known_key_t known[] = {
     {"limits.sse_heartbeat", K_INT, 0, NULL, "15", NULL},
     {"limits.poll_max_events", K_INT, 0, NULL, "1000", NULL},
     {"limits.lua_memory", K_INT, 0, NULL, "67108864", NULL},
-    {"limits.publish_backlog", K_INT, 0, NULL, "33554432", NULL},
+    {"limits.publish_backlog", K_INT, 0, NULL, "16777216", NULL},
     {"limits.publish_lag_ms", K_INT, 0, NULL, "1000", NULL},
     {"limits.message_rate", K_INT, 0, "message rate limits", NULL, NULL},
     {"cors.origins", K_LIST, 0, NULL, NULL, NULL},
@@ -376,7 +378,10 @@ int mw__config_load(mw_config_t *cfg, int argc, char **argv, char *err,
 
   /* Resolve and validate. */
   if (resolve_listen(cfg, err, errlen)) return MW_CONFIG_EXIT_USAGE;
-  int64_t workers = mw__config_int(cfg, "workers", 1);
+  /* Default: one loop per core the process may run on (SPEC §1). */
+  unsigned cores = uv_available_parallelism();
+  int64_t workers =
+      mw__config_int(cfg, "workers", cores < 1 ? 1 : cores > 64 ? 64 : cores);
   if (workers < 1 || workers > 64)
     return fail(err, errlen, "--workers: must be 1..64, got %lld",
                 (long long)workers);

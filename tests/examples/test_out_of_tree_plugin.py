@@ -30,7 +30,8 @@ class OutOfTreePlugin(unittest.TestCase):
             shutil.copy(os.path.join(work, "hello.so"), plugin_dir)
 
             proc = subprocess.Popen([os.path.join(prefix, "bin/moonwire"), "--listen",
-                                     "127.0.0.1:0", "--plugin-dir", plugin_dir],
+                                     "127.0.0.1:0", "--plugin-dir", plugin_dir,
+                                     "--workers", "1"],  # "served" counts per worker
                                     stderr=subprocess.PIPE, text=True)
             try:
                 port = None

@@ -38,7 +38,7 @@ static void test_config_defaults(void **state) {
   assert_int_equal(mw__config_load(&cfg, 1, argv, err, sizeof err),
                    MW_CONFIG_RUN);
   assert_int_equal(mw__config_int(&cfg, "limits.publish_backlog", 0),
-                   32 << 20);
+                   16 << 20);
   assert_int_equal(mw__config_int(&cfg, "limits.publish_lag_ms", 0), 1000);
   mw__config_free(&cfg);
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <uv.h>
 
 #include "config.h"
 
@@ -36,7 +37,9 @@ static void test_defaults(void **state) {
   assert_int_equal(load(&cfg, err, NULL), MW_CONFIG_RUN);
   assert_string_equal(cfg.listen_host, "127.0.0.1");
   assert_int_equal(cfg.listen_port, 8080);
-  assert_int_equal(cfg.workers, 1);
+  /* one loop per core by default (SPEC §1) */
+  unsigned cores = uv_available_parallelism();
+  assert_int_equal(cfg.workers, cores > 64 ? 64 : cores);
   assert_string_equal(mw__config_string(&cfg, "storage", NULL), "memory");
   assert_int_equal(mw__config_int(&cfg, "limits.max_message_size", 0), 1048576);
   assert_int_equal(mw__config_int(&cfg, "limits.outbound_queue", 0), 4194304);
