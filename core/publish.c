@@ -47,6 +47,10 @@ void mw__publish_metrics_init(void) {
 
 /* --- admission control -------------------------------------------------- */
 
+/* Bytes one event is assumed to queue per connection of a worker that has
+ * not fanned out a batch yet (a WebSocket frame of a ~100-byte event). */
+#define MW_ADMIT_PRIOR_BYTES 128
+
 void mw__publish_admission_init(const mw_config_t *cfg) {
   int64_t b = mw__config_int(cfg, "limits.publish_backlog", 0);
   int64_t l = mw__config_int(cfg, "limits.publish_lag_ms", 0);
@@ -76,8 +80,13 @@ int mw__publish_admit(mw_worker_t *w) {
     uint64_t b = o == w ? mw__worker_backlog(o)
                         : atomic_load_explicit(&o->backlog_bytes,
                                                memory_order_relaxed);
+    uint64_t cost = atomic_load_explicit(&o->event_cost, memory_order_relaxed);
+    /* Before its first batch a worker has no measured cost per event: its
+     * own connections times a typical frame stand in, so that the very
+     * first burst (read in one loop turn) is counted too. */
+    if (!cost && o == w) cost = (uint64_t)w->conn_count * MW_ADMIT_PRIOR_BYTES;
     b += (uint64_t)atomic_load_explicit(&o->inbox_depth, memory_order_relaxed) *
-         atomic_load_explicit(&o->event_cost, memory_order_relaxed);
+         cost;
     if (b > backlog) backlog = b;
     /* The age of its oldest event not fanned out yet; and the wait its last
      * batch had, remembered for as long as that wait lasted. */

@@ -116,6 +116,25 @@ static void test_admit_backlog(void **state) {
   two_done(t);
 }
 
+/* Before its first batch a worker has no measured cost per event: its own
+ * connections x 128 bytes stand in, so the first burst is counted. */
+static void test_admit_first_burst(void **state) {
+  (void)state;
+  two_t *t = two_setup("1280000", "0");
+  mw_worker_t *a = &t->workers[0];
+  a->conn_count = 1000;             /* 128,000 bytes per event assumed */
+  atomic_store(&a->inbox_depth, 10); /* 1,280,000: not above */
+  assert_int_equal(mw__publish_admit(a), 0);
+  atomic_store(&a->inbox_depth, 11);
+  assert_int_equal(mw__publish_admit(a), MW_EUNAVAIL);
+  /* once measured, the measured cost counts instead */
+  atomic_store(&a->event_cost, 100);
+  assert_int_equal(mw__publish_admit(a), 0);
+  atomic_store(&a->inbox_depth, 0);
+  a->conn_count = 0;
+  two_done(t);
+}
+
 static void test_admit_lag(void **state) {
   two_t *t = two_setup("0", "100");
   mw_worker_t *a = &t->workers[0], *b = &t->workers[1];
@@ -181,6 +200,7 @@ int main(void) {
       cmocka_unit_test(test_decide),
       cmocka_unit_test(test_config_defaults),
       cmocka_unit_test(test_admit_backlog),
+      cmocka_unit_test(test_admit_first_burst),
       cmocka_unit_test(test_admit_lag),
       cmocka_unit_test(test_publish_refused_stores_nothing),
   };
