@@ -667,7 +667,7 @@ hook_desc = {
     "on_deliver_unchanged_new_event": "  same, a new event on every call (builds the event table)",
     "on_deliver_tenant_check": "`on_deliver` comparing tenants, returning the event",
     "on_deliver_copy": "`on_deliver` returning `moonwire.copy(event)` minus a field",
-    "on_deliver_copy_hub": "  same + the hub's per-recipient `json_dumps` of the result",
+    "on_deliver_copy_hub": "  same + the hub's lookup of the result's key (encoded once per distinct result)",
     "on_deliver_copy_memo": "`on_deliver` returning one copy made once per event",
     "on_deliver_nil": "`on_deliver` returning `nil` (drop)",
     "no_on_deliver_hub": "no `on_deliver`: the hub's per-recipient checks",
@@ -691,7 +691,7 @@ for s in summary:
     rel = "—"
     if b and s["policy"] != "none" and b["server_cpu_us_per_delivery"] > 0:
         d = s["server_cpu_us_per_delivery"] - b["server_cpu_us_per_delivery"]
-        rel = f"+{d:.2f} µs (×{s['server_cpu_us_per_delivery']/b['server_cpu_us_per_delivery']:.1f})"
+        rel = f"{d:+.2f} µs (×{s['server_cpu_us_per_delivery']/b['server_cpu_us_per_delivery']:.1f})"
     name = s["policy"] + (f" ({s['tenants']} tenants)" if s["tenants"] > 1 else "")
     flag = "" if s["all_ok"] else " ⚠"
     if s["rate"]:
