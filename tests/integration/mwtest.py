@@ -384,6 +384,26 @@ async def ws_subscribe(ws, topics, rid="sub", timeout=5.0):
 
 # --- raw WebSocket client over a socket ---------------------------------------
 
+def wait_eof(sock, timeout=5.0, sink=None):
+    """Reads `sock` until the server closes it: True on EOF or reset, False
+    if `timeout` seconds pass first. What arrives meanwhile goes to
+    sink(bytes) when given, else it is dropped."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            return False
+        except ConnectionResetError:
+            return True
+        if not chunk:
+            return True
+        if sink:
+            sink(chunk)
+    return False
+
+
 class RawWS:
     """A minimal RFC 6455 client on a blocking socket, for what a real client
     library refuses to do (invalid UTF-8, huge frames, never reading)."""
@@ -519,18 +539,7 @@ class RawWS:
 
     def wait_eof(self, timeout=5.0):
         """True once the server closed the TCP connection (EOF or reset)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                chunk = self.sock.recv(65536)
-            except socket.timeout:
-                return False
-            except ConnectionResetError:
-                return True
-            if not chunk:
-                return True
-        return False
+        return wait_eof(self.sock, timeout)
 
     def abort(self):
         """Closes with a TCP reset, no close frame."""

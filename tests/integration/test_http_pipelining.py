@@ -87,19 +87,12 @@ class Conn:
         return out
 
     def wait_eof(self, timeout=10.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                chunk = self.sock.recv(65536)
-            except socket.timeout:
-                return False
-            except ConnectionResetError:
-                return True
-            if not chunk:
-                return True
+        """True once the server closed; what arrives meanwhile is kept."""
+
+        def keep(chunk):
             self.buf += chunk
-        return False
+
+        return mwtest.wait_eof(self.sock, timeout, keep)
 
     def reset(self):
         """Leaves with a TCP reset (requests still in flight)."""
