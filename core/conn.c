@@ -481,6 +481,7 @@ static void on_write(uv_write_t *req, int status) {
     shrink_ring(c);
     if (c->closing) finish_close(c);
   }
+  if (c->mode == MW_CONN_HTTP && !c->closing) mw__http_on_drained(c);
 }
 
 /* Writes what the socket takes now (writev through uv_try_write, 64 entries
@@ -535,6 +536,9 @@ void mw__conn_flush_dirty(mw_worker_t *w) {
      * stack, and a stream does not need it. */
     if (c->mode == MW_CONN_STREAM && c->http) mw__http_on_close(c);
     start_write(c);
+    /* Parsing that waited for the socket goes on (its answers mark the
+     * connection dirty again: this loop writes them). */
+    if (c->mode == MW_CONN_HTTP && !c->closing) mw__http_on_drained(c);
   }
 }
 

@@ -72,6 +72,7 @@ struct mw_http_request {
   size_t held_extra, held_body, held_len;
   mw_abort_fn abort_fn;
   void *abort_ud;
+  int orphaning; /* in mw__http_on_close's list: an answer only marks it */
 };
 
 struct mw_http_state {
@@ -182,11 +183,14 @@ static void dequeue_head(mw_http_state_t *st) {
   st->out_bytes -= r->cost;
 }
 
-/* 1 while parsing must wait: too many requests or bytes outstanding, a
+/* 1 while parsing must wait: too many requests or bytes outstanding, too
+ * many answer bytes not yet taken by the socket (the peer does not read), a
  * barrier outstanding, the pipeline ended, or the worker draining. */
 static int must_wait(const mw_http_state_t *st) {
   return st->ended || st->nout >= MW_HTTP_PIPELINE ||
-         st->out_bytes >= st->max_ahead || (st->tail && st->tail->barrier) ||
+         st->out_bytes >= st->max_ahead ||
+         mw__conn_queued(st->conn) >= MW_HTTP_QUEUE_AHEAD ||
+         (st->tail && st->tail->barrier) ||
          (st->nout && st->conn->worker->draining);
 }
 
@@ -335,11 +339,16 @@ void mw__http_on_close(mw_conn_t *c) {
   mw_http_state_t *st = c->http;
   if (!st) return;
   c->http = NULL;
-  /* Orphan every outstanding request first, so that an abort callback that
-   * answers another request of this connection only frees it. */
+  /* Orphan every outstanding request first. While this loop runs, an
+   * answer to a request still ahead in it (an abort callback answering its
+   * own or another request of this connection) only marks it answered: the
+   * loop frees it. */
   mw_http_request_t *list = st->head;
   st->head = st->tail = NULL;
-  for (mw_http_request_t *r = list; r; r = r->next) r->conn = NULL;
+  for (mw_http_request_t *r = list; r; r = r->next) {
+    r->conn = NULL;
+    r->orphaning = 1;
+  }
   while (list) {
     mw_http_request_t *r = list;
     list = r->next;
@@ -349,7 +358,9 @@ void mw__http_on_close(mw_conn_t *c) {
     } else if (r->abort_fn) {
       r->abort_fn(r, r->abort_ud);
       request_free(r);
-    } /* else the handler's answer will just free it */
+    } else {
+      r->orphaning = 0; /* the handler's answer will just free it */
+    }
   }
   request_free(st->req);
   free(st->field);
@@ -588,6 +599,14 @@ static void process(mw_conn_t *c, const char *data, size_t len) {
     mw__conn_read_start(c);
 }
 
+void mw__http_on_drained(mw_conn_t *c) {
+  mw_http_state_t *st = c->http;
+  if (!st || c->mode != MW_CONN_HTTP || c->closing || st->in_process ||
+      st->advancing || !st->pending_len || must_wait(st))
+    return;
+  process(c, NULL, 0);
+}
+
 void mw__http_on_data(mw_conn_t *c, const char *data, size_t len) {
   mw_http_state_t *st = c->http;
   if (c->mode != MW_CONN_HTTP) {
@@ -657,7 +676,11 @@ void mw__http_respond(mw_http_request_t *r, int status,
                       const char *body, size_t len) {
   mw_conn_t *c = r->conn;
   if (!c || !c->http) {
-    request_free(r); /* the peer left: nobody to answer */
+    /* The peer left: nobody to answer. */
+    if (r->orphaning)
+      r->answered = 1; /* freed by mw__http_on_close's loop */
+    else
+      request_free(r);
     return;
   }
   mw_http_state_t *st = c->http;
@@ -688,7 +711,11 @@ mw_conn_t *mw__http_take(mw_http_request_t *r, const char *head,
                          void *ud) {
   mw_conn_t *c = r->conn;
   if (!c || !c->http) {
-    request_free(r); /* orphaned */
+    /* Orphaned (see mw__http_respond). */
+    if (r->orphaning)
+      r->answered = 1;
+    else
+      request_free(r);
     return NULL;
   }
   mw_http_state_t *st = c->http;

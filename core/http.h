@@ -13,11 +13,20 @@
  * answer) per connection; past it reading stops until answers go out. */
 #define MW_HTTP_PIPELINE 32
 
+/* Answer bytes queued on a connection and not yet taken by its socket past
+ * which parsing waits (a peer that pipelines and never reads holds at most
+ * this much, plus one answer, in user space). */
+#define MW_HTTP_QUEUE_AHEAD (256u * 1024u)
+
 /* Starts HTTP mode on a new connection. */
 void mw__http_start(mw_conn_t *c);
 
 /* Bytes read in HTTP mode. */
 void mw__http_on_data(mw_conn_t *c, const char *data, size_t len);
+
+/* Some of c's queued bytes were written: parsing resumes if it waited for
+ * that (called by conn.c, never from inside the HTTP code). */
+void mw__http_on_drained(mw_conn_t *c);
 
 /* The connection is gone: orphans every outstanding request (calling its
  * abort callback, if any), frees the state. */

@@ -14,6 +14,7 @@ and lift the pause themselves)."""
 import json
 import socket
 import struct
+import threading
 import time
 import unittest
 
@@ -260,6 +261,75 @@ class MemoryPipelining(PipelineChecks, ServerTestCase):
         finally:
             c.close()
         check_in_order(self, resps, traces, first_seq=1)
+
+
+class UnreadAnswers(ServerTestCase):
+    """A peer that pipelines cheap requests and never reads its answers: the
+    server stops parsing once 256 KiB of answers wait in user space (what
+    the sockets hold is the kernel's), so its memory stays bounded and the
+    worker's backlog does not push other clients' publishes into 503; once
+    the peer reads, parsing resumes and every request is answered, in
+    order."""
+    SERVER_FLAGS = ("--workers", "1")  # the publisher shares the worker
+    N = 200_000  # 7 MB of requests, 20.8 MB of answers
+    KEY = "moonwire_http_requests_total"
+
+    def test_unread_answers_are_bounded(self):
+        req = get_req("/healthz")
+        one = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+               b"Content-Length: 15\r\nConnection: keep-alive\r\n\r\n"
+               b'{"status":"ok"}')
+        base = self.srv.metric(self.KEY)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.settimeout(60)
+        sock.connect(("127.0.0.1", self.srv.port))
+        sent_all = threading.Event()
+
+        def send():
+            try:
+                sock.sendall(req * self.N)  # blocks while the server waits
+                sent_all.set()
+            except OSError:
+                pass
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        try:
+            handled = lambda: self.srv.metric(self.KEY) - base
+            wait_for(lambda: handled() >= 5000, 20, what="the server handled 5000")
+            # A window to observe a bound (not a synchronisation): without
+            # it the server parses all N within this window, answering into
+            # its queue (about 100,000 requests/s here).
+            most = 0
+            end = time.monotonic() + 2.0
+            while time.monotonic() < end:
+                most = max(most, handled())
+                self.assertLess(most, 80_000, "parsing went on with answers unread")
+            self.assertFalse(sent_all.is_set(), "the server read every request")
+            # Others on the same worker are not pushed back.
+            st, _, body = self.srv.http_json("POST", "/api/publish",
+                                             {"topic": "other", "event": "E"})
+            self.assertEqual(st, 200, body)
+            # The peer reads now: all N answers arrive, byte for byte.
+            want = len(one) * self.N
+            got = 0
+            deadline = time.monotonic() + 120
+            while got < want:
+                self.assertLess(time.monotonic(), deadline,
+                                f"{got // len(one)} of {self.N} answers")
+                chunk = sock.recv(1 << 20)
+                self.assertTrue(chunk, f"closed after {got} of {want} bytes")
+                off = got % len(one)
+                expect = (one * (len(chunk) // len(one) + 2))[off:off + len(chunk)]
+                self.assertEqual(chunk, expect, f"answer bytes differ at {got}")
+                got += len(chunk)
+            sender.join(30)
+            self.assertTrue(sent_all.is_set())
+            self.assertGreaterEqual(handled(), self.N)
+        finally:
+            sock.close()
+            sender.join(30)
 
 
 class RedisPipelining(PipelineChecks, mwtest.DumpOnFailure):

@@ -47,6 +47,7 @@ static size_t nholds;
 static mw_http_request_t *plugs[8];
 static size_t nplugs;
 static int aborts;
+static void answer(size_t i);
 
 static void route_hold(mw_http_request_t *req, void *ws) {
   assert_true(nholds < 64);
@@ -61,6 +62,19 @@ static void on_abort_count(mw_http_request_t *req, void *ud) {
 /* Holds the request with an abort callback (a long-poll does that). */
 static void route_hold_abort(mw_http_request_t *req, void *ws) {
   mw__http_on_abort(req, on_abort_count, req);
+  route_hold(req, ws);
+}
+
+/* An abort callback that answers every request still held, its own
+ * included (the core must free each exactly once). */
+static void on_abort_answer_all(mw_http_request_t *req, void *ud) {
+  aborts++;
+  for (size_t i = 0; i < nholds; i++)
+    if (holds[i]) answer(i);
+}
+
+static void route_hold_abort_answering(mw_http_request_t *req, void *ws) {
+  mw__http_on_abort(req, on_abort_answer_all, NULL);
   route_hold(req, ws);
 }
 
@@ -108,6 +122,8 @@ static int setup(void **state) {
   mw__server_route(&f->server, "HEAD", "/hold", route_hold, NULL);
   mw__server_route(&f->server, "POST", "/hold", route_hold, NULL);
   mw__server_route(&f->server, "GET", "/hold_abort", route_hold_abort, NULL);
+  mw__server_route(&f->server, "GET", "/hold_abort_answering",
+                   route_hold_abort_answering, NULL);
   mw__server_route(&f->server, "GET", "/plug", route_plug, &fake_plugin);
   mw__server_route(&f->server, "GET", "/take_try", route_take_try, NULL);
   take_tries = 0;
@@ -635,6 +651,25 @@ static void test_peer_leaves_mid_pipeline(void **state) {
   mw__http_respond(h0, 200, "text/plain", NULL, "late", 4);
 }
 
+/* Abort callbacks that answer their own and later requests of the
+ * connection that went away: each request is freed once (ASan: no
+ * use-after-free, no double free, no leak). */
+static void test_abort_callback_answers_others(void **state) {
+  core_fixture_t *f = *state;
+  mw_conn_t *c = fixture_conn(f);
+  feed(c, "GET /hold_abort_answering HTTP/1.1\r\n\r\n"
+          "GET /hold HTTP/1.1\r\n\r\n"
+          "GET /hold_abort_answering HTTP/1.1\r\n\r\n"
+          "GET /hold_abort HTTP/1.1\r\n\r\n");
+  assert_int_equal(nholds, 4);
+  mw__conn_close_all(&f->worker, 2);
+  uv_run(&f->worker.loop, UV_RUN_DEFAULT);
+  assert_int_equal(f->worker.conn_count, 0);
+  /* The first callback answered all four: no other callback ran. */
+  assert_int_equal(aborts, 1);
+  for (size_t i = 0; i < nholds; i++) assert_null(holds[i]);
+}
+
 static void test_draining_closes_after_the_last(void **state) {
   core_fixture_t *f = *state;
   mw_conn_t *c = fixture_conn(f);
@@ -728,6 +763,8 @@ int main(void) {
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(test_peer_leaves_mid_pipeline, setup,
                                       teardown),
+      cmocka_unit_test_setup_teardown(test_abort_callback_answers_others,
+                                      setup, teardown),
       cmocka_unit_test_setup_teardown(test_draining_closes_after_the_last,
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(test_take_refused_behind_others, setup,

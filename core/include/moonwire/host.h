@@ -37,9 +37,9 @@ typedef enum mw_log_level {
 typedef void (*mw_route_fn)(mw_http_request_t *req, void *worker_state);
 
 /* Called if the client goes away before a pending request was answered; the
- * request is invalid after it returns. It must not answer (http_respond,
- * http_take) this or any other request of that connection: the core frees
- * every request of a connection that went away. */
+ * request is invalid after it returns. An answer (http_respond, http_take)
+ * to this or another request of that connection, from the callback or
+ * later, goes nowhere and frees that request. */
 typedef void (*mw_abort_fn)(mw_http_request_t *req, void *ud);
 
 /* Callbacks of a taken-over connection (WebSocket, SSE, ...). */
