@@ -12,6 +12,7 @@
 
 #include "http.h"
 #include "hub.h"
+#include "json_text.h"
 #include "log.h"
 #include "metrics.h"
 #include "publish.h"
@@ -101,14 +102,31 @@ static void on_published(int status, const mw_event_t *ev, const char *reason,
     return;
   }
   char id[320];
-  snprintf(id, sizeof id, "%s:%llu", ev->topic, (unsigned long long)ev->seq);
-  json_t *o = json_pack("{s:s,s:I,s:s,s:s}", "id", id, "seq",
-                        (json_int_t)ev->seq, "topic", ev->topic, "trace_id",
-                        ev->trace_id);
-  char *text = json_dumps(o, JSON_COMPACT);
-  mw__http_respond_json(req, 200, text);
+  int n = snprintf(id, sizeof id, "%s:%llu", ev->topic,
+                   (unsigned long long)ev->seq);
+  /* {"id","seq","topic","trace_id"}: the strings are the event's own,
+   * valid UTF-8 (checked at publish), so the text cannot fail. */
+  mw_json_text_t t;
+  mw__jt_init(&t, 2 * (size_t)n + 128);
+  mw__jt_lit(&t, "{\"id\":");
+  mw__jt_string(&t, id, strlen(id));
+  mw__jt_lit(&t, ",\"seq\":");
+  mw__jt_u64(&t, ev->seq);
+  mw__jt_lit(&t, ",\"topic\":");
+  mw__jt_string(&t, ev->topic, strlen(ev->topic));
+  if (ev->trace_id) {
+    mw__jt_lit(&t, ",\"trace_id\":");
+    mw__jt_string(&t, ev->trace_id, strlen(ev->trace_id));
+  }
+  mw__jt_raw(&t, "}", 1);
+  size_t len;
+  char *text = mw__jt_finish(&t, &len);
+  if (!text) {
+    respond_error(req, 500, "could not encode the answer");
+    return;
+  }
+  mw__http_respond(req, 200, "application/json", NULL, text, len);
   free(text);
-  json_decref(o);
 }
 
 static const char *opt_string(json_t *root, const char *key, int *bad) {

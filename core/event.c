@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "codec.h"
+#include "json_text.h"
 #include "log.h"
 #include "moonwire/errno.h"
 
@@ -24,6 +25,13 @@ typedef struct event_impl {
   char *wire_json;
   char *wire_msgpack;
 } event_impl_t;
+
+/* Packs a NUL-terminated string as a msgpack str. */
+static void pack_str(msgpack_packer *pk, const char *s) {
+  size_t n = strlen(s);
+  msgpack_pack_str(pk, n);
+  msgpack_pack_str_body(pk, s, n);
+}
 
 mw_event_t *mw__event_draft(const char *topic, const char *name,
                             const char *trace_id, json_t *data) {
@@ -45,33 +53,61 @@ mw_event_t *mw__event_draft(const char *topic, const char *name,
   return &e->pub;
 }
 
-int mw__event_seal(mw_event_t *ev, uint64_t seq, const char *epoch) {
-  event_impl_t *e = (event_impl_t *)ev;
-  if (e->wire_json || seq == 0) return MW_EINVAL;
-  char id[32];
-  snprintf(id, sizeof id, ":%llu", (unsigned long long)seq);
-  size_t tl = strlen(e->topic);
-  char *full_id = mw_xmalloc(tl + strlen(id) + 1);
-  memcpy(full_id, e->topic, tl);
-  strcpy(full_id + tl, id);
+/* Encodes e's wire forms: {"type","topic","event"[,"seq","id"],"data"
+ * [,"trace_id"]} as JSON text (the data's text is reused, not encoded
+ * again) and as a msgpack map, keys in that order. `full_id` NULL leaves
+ * out seq and id. Returns 0, or MW_EINVAL (invalid UTF-8, nesting too
+ * deep) with e unchanged. */
+static int encode_wire(event_impl_t *e, const char *type, uint64_t seq,
+                       const char *full_id) {
+  const char *trace = full_id ? e->trace_id : NULL;
+  mw_json_text_t t;
+  mw__jt_init(&t, strlen(e->data_text) + strlen(e->topic) * 2 + 128);
+  mw__jt_lit(&t, "{\"type\":");
+  mw__jt_string(&t, type, strlen(type));
+  mw__jt_lit(&t, ",\"topic\":");
+  mw__jt_string(&t, e->topic, strlen(e->topic));
+  mw__jt_lit(&t, ",\"event\":");
+  mw__jt_string(&t, e->name, strlen(e->name));
+  if (full_id) {
+    mw__jt_lit(&t, ",\"seq\":");
+    mw__jt_u64(&t, seq);
+    mw__jt_lit(&t, ",\"id\":");
+    mw__jt_string(&t, full_id, strlen(full_id));
+  }
+  mw__jt_lit(&t, ",\"data\":");
+  mw__jt_lit(&t, e->data_text);
+  if (trace) {
+    mw__jt_lit(&t, ",\"trace_id\":");
+    mw__jt_string(&t, trace, strlen(trace));
+  }
+  mw__jt_raw(&t, "}", 1);
+  size_t text_len;
+  char *text = mw__jt_finish(&t, &text_len);
 
-  json_t *env = json_object();
-  json_object_set_new(env, "type", json_string("event"));
-  json_object_set_new(env, "topic", json_string(e->topic));
-  json_object_set_new(env, "event", json_string(e->name));
-  json_object_set_new(env, "seq", json_integer((json_int_t)seq));
-  json_object_set_new(env, "id", json_string(full_id));
-  json_object_set(env, "data", e->data);
-  if (e->trace_id) json_object_set_new(env, "trace_id", json_string(e->trace_id));
-  free(full_id);
-
-  char *text = json_dumps(env, JSON_COMPACT);
   msgpack_sbuffer sb;
   msgpack_sbuffer_init(&sb);
   msgpack_packer pk;
   msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-  int rc = mw_codec_pack_json(&pk, env);
-  json_decref(env);
+  msgpack_pack_map(&pk, 4 + (full_id ? 2 : 0) + (trace ? 1 : 0));
+  pack_str(&pk, "type");
+  pack_str(&pk, type);
+  pack_str(&pk, "topic");
+  pack_str(&pk, e->topic);
+  pack_str(&pk, "event");
+  pack_str(&pk, e->name);
+  if (full_id) {
+    pack_str(&pk, "seq");
+    msgpack_pack_uint64(&pk, seq);
+    pack_str(&pk, "id");
+    pack_str(&pk, full_id);
+  }
+  pack_str(&pk, "data");
+  int rc = mw_codec_pack_json(&pk, e->data);
+  if (trace) {
+    pack_str(&pk, "trace_id");
+    pack_str(&pk, trace);
+  }
   if (!text || rc) {
     free(text);
     msgpack_sbuffer_destroy(&sb);
@@ -79,43 +115,37 @@ int mw__event_seal(mw_event_t *ev, uint64_t seq, const char *epoch) {
   }
   e->wire_json = text;
   e->wire_msgpack = sb.data; /* msgpack_sbuffer memory is malloc'd */
+  e->pub.data_json.data = e->data_text;
+  e->pub.data_json.len = strlen(e->data_text);
+  e->pub.wire[MW_WIRE_JSON].data = text;
+  e->pub.wire[MW_WIRE_JSON].len = text_len;
+  e->pub.wire[MW_WIRE_MSGPACK].data = sb.data;
+  e->pub.wire[MW_WIRE_MSGPACK].len = sb.size;
+  return 0;
+}
+
+int mw__event_seal(mw_event_t *ev, uint64_t seq, const char *epoch) {
+  event_impl_t *e = (event_impl_t *)ev;
+  if (e->wire_json || seq == 0) return MW_EINVAL;
+  char id[32];
+  snprintf(id, sizeof id, ":%llu", (unsigned long long)seq);
+  size_t tl = strlen(e->topic), il = strlen(id);
+  char *full_id = mw_xmalloc(tl + il + 1);
+  memcpy(full_id, e->topic, tl);
+  memcpy(full_id + tl, id, il + 1);
+  int rc = encode_wire(e, "event", seq, full_id);
+  free(full_id);
+  if (rc) return rc;
   e->epoch = mw_xstrdup(epoch ? epoch : "");
   ev->seq = seq;
   ev->epoch = e->epoch;
-  ev->data_json.data = e->data_text;
-  ev->data_json.len = strlen(e->data_text);
-  ev->wire[MW_WIRE_JSON].data = text;
-  ev->wire[MW_WIRE_JSON].len = strlen(text);
-  ev->wire[MW_WIRE_MSGPACK].data = sb.data;
-  ev->wire[MW_WIRE_MSGPACK].len = sb.size;
   return 0;
 }
 
 mw_event_t *mw__event_ephemeral(const char *type, const char *topic,
                                 const char *name, json_t *data) {
   mw_event_t *ev = mw__event_draft(topic, name, NULL, data);
-  event_impl_t *e = (event_impl_t *)ev;
-  json_t *env = json_object();
-  json_object_set_new(env, "type", json_string(type));
-  json_object_set_new(env, "topic", json_string(e->topic));
-  json_object_set_new(env, "event", json_string(e->name));
-  json_object_set(env, "data", e->data);
-  char *text = json_dumps(env, JSON_COMPACT);
-  msgpack_sbuffer sb;
-  msgpack_sbuffer_init(&sb);
-  msgpack_packer pk;
-  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-  int rc = mw_codec_pack_json(&pk, env);
-  json_decref(env);
-  if (!text || rc) mw_oom();
-  e->wire_json = text;
-  e->wire_msgpack = sb.data;
-  ev->data_json.data = e->data_text;
-  ev->data_json.len = strlen(e->data_text);
-  ev->wire[MW_WIRE_JSON].data = text;
-  ev->wire[MW_WIRE_JSON].len = strlen(text);
-  ev->wire[MW_WIRE_MSGPACK].data = sb.data;
-  ev->wire[MW_WIRE_MSGPACK].len = sb.size;
+  if (encode_wire((event_impl_t *)ev, type, 0, NULL)) mw_oom();
   return ev; /* seq 0, no epoch: never stored, never recovered */
 }
 

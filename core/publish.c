@@ -115,12 +115,47 @@ int mw__publish_admit(mw_worker_t *w) {
 }
 
 void mw__iso_now(char out[32]) {
+  /* The date and time to the second change once a second: formatted then,
+   * per thread, and the milliseconds appended to a copy. */
+  static _Thread_local time_t last_sec = -1;
+  static _Thread_local char prefix[24];
+  static _Thread_local size_t prefix_len;
   struct timeval tv;
   gettimeofday(&tv, NULL);
-  struct tm tm;
-  gmtime_r(&tv.tv_sec, &tm);
-  size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
-  snprintf(out + n, 32 - n, ".%03dZ", (int)(tv.tv_usec / 1000));
+  if (tv.tv_sec != last_sec) {
+    struct tm tm;
+    gmtime_r(&tv.tv_sec, &tm);
+    prefix_len = strftime(prefix, sizeof prefix, "%Y-%m-%dT%H:%M:%S", &tm);
+    last_sec = tv.tv_sec;
+  }
+  unsigned ms = (unsigned)(tv.tv_usec / 1000);
+  memcpy(out, prefix, prefix_len);
+  out[prefix_len] = '.';
+  out[prefix_len + 1] = (char)('0' + ms / 100);
+  out[prefix_len + 2] = (char)('0' + ms / 10 % 10);
+  out[prefix_len + 3] = (char)('0' + ms % 10);
+  out[prefix_len + 4] = 'Z';
+  out[prefix_len + 5] = 0;
+}
+
+/* 16 random hex digits into out[17]: bytes from OpenSSL's generator, drawn
+ * 512 at a time per thread (one RAND_bytes call per 64 trace ids). */
+static void random_trace_id(char out[17]) {
+  static _Thread_local unsigned char pool[512];
+  static _Thread_local size_t pool_left;
+  static const char hex[] = "0123456789abcdef";
+  if (pool_left < 8) {
+    if (RAND_bytes(pool, sizeof pool) != 1) mw_oom();
+    pool_left = sizeof pool;
+  }
+  const unsigned char *rnd = pool + sizeof pool - pool_left;
+  for (int i = 0; i < 8; i++) {
+    out[2 * i] = hex[rnd[i] >> 4];
+    out[2 * i + 1] = hex[rnd[i] & 15];
+  }
+  out[16] = 0;
+  memset(pool + sizeof pool - pool_left, 0, 8); /* used bytes do not linger */
+  pool_left -= 8;
 }
 
 int mw__publish_http_status(int code) {
@@ -293,11 +328,9 @@ int mw__publish_json_admitted(mw_worker_t *w, const char *topic,
     return invalid(cb, ud, "data.tenant_id: must be a non-empty string");
   if (trace_id && !trace_valid(trace_id))
     return invalid(cb, ud, "trace_id: 1..64 characters of [A-Za-z0-9-_.:]");
-  char trace[40];
+  char trace[17];
   if (!trace_id) {
-    unsigned char rnd[8];
-    if (RAND_bytes(rnd, sizeof rnd) != 1) mw_oom();
-    for (int i = 0; i < 8; i++) snprintf(trace + 2 * i, 3, "%02x", rnd[i]);
+    random_trace_id(trace);
     trace_id = trace;
   }
   json_t *d = data ? json_incref(data) : json_object();
