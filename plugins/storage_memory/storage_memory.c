@@ -3,9 +3,12 @@
  * One global state shared by every worker and protected by one mutex. Per
  * topic: the last seq and a ring of event references with their publish time
  * (history.size entries at most, allocated lazily and grown up to that cap).
- * Expired events (older than history.ttl) are dropped lazily when the topic
- * is published to or read. Every call completes synchronously: the callback
- * fires before the call returns.
+ * Expired events (older than history.ttl) are dropped when the topic is
+ * published to or read, and by a sweep that every publish carries on over
+ * two other topics (round robin), so that the history of a topic nobody
+ * touches any more is released too: it then keeps only its name and seq.
+ * Every call completes synchronously: the callback fires before the call
+ * returns.
  *
  * The epoch is 16 random hex characters drawn at init: a restart loses the
  * history, so positions from the previous process cannot be recovered. */
@@ -24,7 +27,8 @@
 #include "moonwire/plugin.h"
 
 #define MEM_SUBSYS "storage_memory"
-#define MEM_RING_INITIAL 16
+#define MEM_RING_INITIAL 4
+#define MEM_SWEEP_PER_PUBLISH 2
 
 typedef struct mem_slot {
   mw_event_t *ev; /* one reference */
@@ -59,6 +63,7 @@ typedef struct mem_state {
   const mw_host_v1_t *host;
   pthread_mutex_t lock; /* guards everything below */
   mem_topic_t *topics;  /* uthash head */
+  mem_topic_t *sweep;   /* the next topic the sweep looks at; NULL: first */
   mem_room_t *rooms;    /* presence, uthash head */
   size_t max_len;       /* history.size */
   uint64_t ttl_ms;      /* history.ttl in ms; 0: no time limit */
@@ -115,6 +120,32 @@ static void mem_expire(mem_state_t *st, mem_topic_t *t, uint64_t now) {
   if (st->ttl_ms == 0) return;
   while (t->len > 0 && now - mem_slot(t, 0)->t_ms > st->ttl_ms)
     mem_drop_oldest(st, t);
+}
+
+/* Frees the ring of a topic whose history is empty. */
+static void mem_release_empty(mem_topic_t *t) {
+  if (t->len > 0 || t->ring == NULL) return;
+  free(t->ring);
+  t->ring = NULL;
+  t->cap = 0;
+  t->head = 0;
+}
+
+/* Expires the history of up to `n` topics other than `skip`, round robin
+ * over every topic (topics are never removed, so the cursor stays valid),
+ * and frees the rings that emptied. */
+static void mem_sweep(mem_state_t *st, const mem_topic_t *skip, uint64_t now,
+                      int n) {
+  if (st->ttl_ms == 0) return;
+  while (n-- > 0) {
+    mem_topic_t *t = st->sweep ? st->sweep : st->topics;
+
+    if (t == NULL) return;
+    st->sweep = t->hh.next;
+    if (t == skip) continue;
+    mem_expire(st, t, now);
+    mem_release_empty(t);
+  }
 }
 
 /* Makes room for one more event: grows the ring up to max_len, else drops
@@ -196,6 +227,7 @@ static int mem_publish(void *wstate, mw_event_t *draft, mw_store_publish_cb cb,
    * in seq order (host->fanout must be called in seq order, and must not
    * call back into this storage synchronously). */
   host->fanout(draft);
+  mem_sweep(st, t, now, MEM_SWEEP_PER_PUBLISH);
   pthread_mutex_unlock(&st->lock);
 
   /* Memory completes synchronously: cb fires before publish returns. */
@@ -235,6 +267,7 @@ static int mem_history(void *wstate, const char *topic, uint64_t since,
   t = mem_find(st, topic);
   if (t != NULL) {
     mem_expire(st, t, mem_now_ms());
+    mem_release_empty(t);
     top = t->seq;
     if (since < top) {
       /* Retained seqs are contiguous: top-len+1 .. top. */

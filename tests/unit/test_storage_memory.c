@@ -405,6 +405,44 @@ static void test_ttl(void **ctx) {
   assert_int_equal(r.complete, 1);
 }
 
+/* Topics nobody touches any more: publishes elsewhere sweep their expired
+ * events away and free their rings; each keeps its seq. */
+static void test_sweep_untouched_topics(void **ctx) {
+  fixture_t *fx;
+  char name[16];
+  int i;
+
+  teardown(ctx);
+  cfg_ttl = 10; /* seconds */
+  setup(ctx);
+  fx = *ctx;
+  for (i = 0; i < 100; i++) {
+    snprintf(name, sizeof name, "s%d", i);
+    publish(fx, name);
+  }
+  assert_int_equal(atomic_load(&live_events), 100);
+  fake_ms += 11000; /* all 100 expired, none read */
+  /* 60 publishes sweep 120 topics: all 101 once. */
+  for (i = 0; i < 60; i++)
+    publish(fx, "busy");
+  assert_int_equal(atomic_load(&live_events), 60); /* busy's own, in ttl */
+  mem_state_t *st = fx->wstate;
+  for (i = 0; i < 100; i++) {
+    snprintf(name, sizeof name, "s%d", i);
+    mem_topic_t *t = mem_find(st, name);
+    assert_non_null(t);
+    assert_null(t->ring);
+    assert_int_equal(t->len, 0);
+  }
+  assert_non_null(mem_find(st, "busy")->ring);
+  /* Their seqs go on. */
+  assert_int_equal(position(fx, "s7"), 1);
+  assert_int_equal(publish(fx, "s7"), 2);
+  hist_result_t r = history(fx, "s7", 1, 100);
+  assert_range(&r, 2, 2);
+  assert_int_equal(r.complete, 1);
+}
+
 static void test_fanout_order(void **ctx) {
   fixture_t *fx = *ctx;
   size_t i;
@@ -542,6 +580,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_ring_growth, setup, teardown),
       cmocka_unit_test_setup_teardown(test_no_history, setup, teardown),
       cmocka_unit_test_setup_teardown(test_ttl, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_sweep_untouched_topics, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_fanout_order, setup, teardown),
       cmocka_unit_test_setup_teardown(test_seal_failure, setup, teardown),
       cmocka_unit_test_setup_teardown(test_two_threads, setup, teardown),
