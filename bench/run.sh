@@ -23,8 +23,14 @@
 #                          all); writes bench/results/compare_*.json, the
 #                          tables and the issue 7 targets in
 #                          docs/benchmarks.md and the plots in docs/img/
+#   bench/run.sh --floor   the latency floor of fan-out on this machine
+#                          (bench/floor.c: an "ideal server" thread writing
+#                          paced frames to loopback sockets, a client
+#                          thread reading them; ~4 minutes with RUNS=3):
+#                          writes bench/results/floor_runs.jsonl and the
+#                          floor table in docs/benchmarks.md
 #   bench/run.sh --plots   only redraws docs/img/*.png from bench/results
-#   bench/run.sh --all     the default run, then --peers, then --compare
+#   bench/run.sh --all     the default run, then --peers, --compare, --floor
 #
 # Environment: BUILD_DIR (default <repo>/build-bench), WORKERS (server event
 # loops, default 1: the server gets one core), RUNS (default 3),
@@ -43,22 +49,25 @@ SMOKE=0
 PEERS=0
 COMPARE=0
 PLOTS=0
+FLOOR_RUN=0
 for a in "$@"; do
   case "$a" in
     --smoke) SMOKE=1 ;;
     --peers) PEERS=1 ;;
     --compare) COMPARE=1 ;;
     --plots) PLOTS=1 ;;
+    --floor) FLOOR_RUN=1 ;;
     --all)
-      # one build, then the three runs in turn
-      "$0" && SKIP_BUILD=1 "$0" --peers && SKIP_BUILD=1 "$0" --compare
+      # one build, then the four runs in turn
+      "$0" && SKIP_BUILD=1 "$0" --peers && SKIP_BUILD=1 "$0" --compare &&
+        SKIP_BUILD=1 "$0" --floor
       exit $? ;;
-    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,44p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument '$a' (try --help)" >&2; exit 2 ;;
   esac
 done
-if [ $((SMOKE + PEERS + COMPARE + PLOTS)) -gt 1 ]; then
-  echo "run.sh: --smoke, --peers, --compare and --plots do not go together" >&2
+if [ $((SMOKE + PEERS + COMPARE + PLOTS + FLOOR_RUN)) -gt 1 ]; then
+  echo "run.sh: --smoke, --peers, --compare, --floor and --plots do not go together" >&2
   exit 2
 fi
 if [ "$PLOTS" = 1 ]; then
@@ -150,6 +159,10 @@ HOOKCOST=$BUILD_DIR/bench/mw_hook_cost
 for b in "$MOONWIRE" "$LOADGEN" "$HOOKCOST"; do
   [ -x "$b" ] || { echo "run.sh: missing $b" >&2; exit 1; }
 done
+if [ "$FLOOR_RUN" = 1 ]; then
+  . "$ROOT/bench/floor.sh"
+  exit 0
+fi
 
 # ---- server ----
 start_server() { # policy-file log-file
@@ -585,6 +598,14 @@ if [ "$SMOKE" = 1 ]; then
     fi
   done
   stop_server
+  # The floor program (--floor), one short run.
+  MW_FLOOR=$BUILD_DIR/bench/mw_floor
+  if ! [ -x "$MW_FLOOR" ] ||
+     ! "$MW_FLOOR" --mode coalesce --n 20 --rate 200 --warmup 0.2 --duration 0.5 \
+       --timeout 20 >"$TMP/floor.json"; then
+    echo "run.sh --smoke: mw_floor failed" >&2
+    FAILED=1
+  fi
   if [ "$FAILED" = 0 ]; then
     echo "run.sh --smoke: ok (no loss)" >&2
     exit 0
