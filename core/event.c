@@ -61,8 +61,14 @@ mw_event_t *mw__event_draft(const char *topic, const char *name,
 static int encode_wire(event_impl_t *e, const char *type, uint64_t seq,
                        const char *full_id) {
   const char *trace = full_id ? e->trace_id : NULL;
+  /* Sized for the text without escapes (what nearly every event is): the
+   * buffer is kept as long as the event, so it should not be much larger
+   * than its text. */
+  size_t parts = strlen(type) + strlen(e->topic) + strlen(e->name) +
+                 strlen(e->data_text) + (full_id ? strlen(full_id) : 0) +
+                 (trace ? strlen(trace) : 0);
   mw_json_text_t t;
-  mw__jt_init(&t, strlen(e->data_text) + strlen(e->topic) * 2 + 128);
+  mw__jt_init(&t, parts + 96);
   mw__jt_lit(&t, "{\"type\":");
   mw__jt_string(&t, type, strlen(type));
   mw__jt_lit(&t, ",\"topic\":");
@@ -85,8 +91,14 @@ static int encode_wire(event_impl_t *e, const char *type, uint64_t seq,
   size_t text_len;
   char *text = mw__jt_finish(&t, &text_len);
 
+  /* msgpack_sbuffer would start at 8 KiB (MSGPACK_SBUFFER_INIT_SIZE), kept
+   * for the event's life in every history slot: start at the JSON text's
+   * size instead (msgpack is no larger for what JSON carries, bar a few
+   * header bytes) and trim what is left over. */
   msgpack_sbuffer sb;
   msgpack_sbuffer_init(&sb);
+  sb.alloc = (text ? text_len : parts) + 32;
+  sb.data = mw_xmalloc(sb.alloc);
   msgpack_packer pk;
   msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
   msgpack_pack_map(&pk, 4 + (full_id ? 2 : 0) + (trace ? 1 : 0));
@@ -112,6 +124,10 @@ static int encode_wire(event_impl_t *e, const char *type, uint64_t seq,
     free(text);
     msgpack_sbuffer_destroy(&sb);
     return MW_EINVAL;
+  }
+  if (sb.alloc - sb.size > 16) {
+    char *fit = realloc(sb.data, sb.size);
+    if (fit) sb.data = fit;
   }
   e->wire_json = text;
   e->wire_msgpack = sb.data; /* msgpack_sbuffer memory is malloc'd */

@@ -2,6 +2,7 @@
  * reference counts (core/event.c). */
 #include <setjmp.h>
 #include <stdarg.h>
+#include <malloc.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,6 +83,21 @@ static void check_like_jansson(const char *topic, const char *name,
   free(want);
   json_decref(env);
   json_decref(data);
+  mw_event_unref(&ev);
+}
+
+/* The wire buffers, kept as long as the event (in every history slot),
+ * are about the size of what they hold (msgpack_sbuffer alone would hold
+ * 8 KiB per event). */
+static void test_wire_buffers_fit(void **state) {
+  mw_event_t *ev = mw__event_draft("room:1", "MSG", "t1",
+                                   json_pack("{s:s}", "text", "hello"));
+  assert_int_equal(mw__event_seal(ev, 7, "ep"), 0);
+  for (int w = 0; w < MW_WIRE_COUNT; w++) {
+    size_t len = ev->wire[w].len;
+    assert_true(len > 0);
+    assert_true(malloc_usable_size((void *)ev->wire[w].data) <= len + 64);
+  }
   mw_event_unref(&ev);
 }
 
@@ -180,6 +196,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_seal_encodes_envelope),
       cmocka_unit_test(test_seal_matches_jansson),
+      cmocka_unit_test(test_wire_buffers_fit),
       cmocka_unit_test(test_ephemeral_envelope),
       cmocka_unit_test(test_json_text_invalid_utf8),
       cmocka_unit_test(test_seal_rejects_seq_zero),
