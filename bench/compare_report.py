@@ -458,6 +458,15 @@ if "moonwire" in c:
     txt = f"moonwire p99 {fmt_us(p99)} (goal ≤1 ms: {p99 / 1000:.1f}× the goal)"
     if np99 is not None:
         txt += f"; nchan p99 {fmt_us(np99)} ({'≤' if p99 <= np99 else '>'} nchan's)"
+    # The floor of any server on this machine (bench/run.sh --floor), if run.
+    floor_path = os.path.join(results, "floor_runs.jsonl")
+    if os.path.exists(floor_path):
+        fl = [json.loads(x) for x in open(floor_path) if x.strip()]
+        fl = [r["p99_us"] for r in fl if r["mode"] == "coalesce" and not r["busy_client"]
+              and r["n"] == 1000 and r["rate"] == 1000]
+        if fl:
+            txt += (f"; the floor of any server here (`bench/run.sh --floor`): p99 "
+                    f"{fmt_us(statistics.median(fl))}")
     tl.append(line("c: p99 ≤ nchan's and ≤1 ms at 1,000 subscribers × 1,000 msg/s", ok, txt))
 else:
     tl.append(line("c: p99 ≤ nchan's and ≤1 ms", None, "run `bench/run.sh --compare`"))
