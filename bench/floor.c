@@ -63,8 +63,8 @@
 
 #define PAYLOAD 100
 #define FRAME (2 + PAYLOAD)
-#define MAX_BATCH 512     /* events per writev (2 iovecs each, IOV_MAX 1024) */
-#define STALL_MS 5000     /* longest wait for a full socket to drain */
+#define MAX_BATCH 512 /* events per writev (2 iovecs each, IOV_MAX 1024) */
+#define STALL_MS 5000 /* longest wait for a full socket to drain */
 #define DRAIN_NS 2000000000ull /* client gives up 2 s after the last data */
 #define RBUF 65536
 
@@ -82,21 +82,21 @@ static double opt_timeout = 180;
 
 /* Shared state. Sockets: srv_fd[i] (server's end) sends to cli_fd[i]. */
 static int *srv_fd, *cli_fd;
-static uint64_t t0;              /* event i is due at t0 + i * 1e9 / rate */
-static uint64_t n_warm, n_meas;  /* events in warm-up / measured window */
-static clockid_t client_clock;   /* the client thread's CPU clock */
+static uint64_t t0;             /* event i is due at t0 + i * 1e9 / rate */
+static uint64_t n_warm, n_meas; /* events in warm-up / measured window */
+static clockid_t client_clock;  /* the client thread's CPU clock */
 static atomic_int client_ready, server_done;
 
 /* Server results (written by the server thread before server_done). */
 static struct {
-  uint64_t span_ns;        /* first measured turn -> end of last write */
-  uint64_t cpu_ns;         /* server thread CPU over the span */
-  uint64_t sys_us, user_us;/* the same from getrusage(RUSAGE_THREAD) */
-  uint64_t client_cpu_ns;  /* client thread CPU over the same span */
-  uint64_t frames, writes; /* frames written / write syscalls in the span */
-  uint64_t stalls;         /* writes that met a full socket */
-  uint64_t turns;          /* loop turns that wrote something in the span */
-  uint64_t lag_sum, lag_max;/* turn start - due time of its first event */
+  uint64_t span_ns;          /* first measured turn -> end of last write */
+  uint64_t cpu_ns;           /* server thread CPU over the span */
+  uint64_t sys_us, user_us;  /* the same from getrusage(RUSAGE_THREAD) */
+  uint64_t client_cpu_ns;    /* client thread CPU over the same span */
+  uint64_t frames, writes;   /* frames written / write syscalls in the span */
+  uint64_t stalls;           /* writes that met a full socket */
+  uint64_t turns;            /* loop turns that wrote something in the span */
+  uint64_t lag_sum, lag_max; /* turn start - due time of its first event */
   uint64_t core_busy[2], core_soft[2], core_steal[2]; /* /proc/stat ticks */
 } srv;
 
@@ -150,7 +150,9 @@ static void pin(int cpu) {
 }
 
 /* put_u64 / get_u64: little-endian-agnostic copies into the payload. */
-static void put_u64(unsigned char *p, uint64_t v) { memcpy(p, &v, 8); }
+static void put_u64(unsigned char *p, uint64_t v) {
+  memcpy(p, &v, 8);
+}
 static uint64_t get_u64(const unsigned char *p) {
   uint64_t v;
   memcpy(&v, p, 8);
@@ -160,7 +162,8 @@ static uint64_t get_u64(const unsigned char *p) {
 /* cpu_ticks: a CPU's busy (user+nice+system+irq+softirq), softirq and steal
  * ticks from /proc/stat: what the thread CPU clocks miss (softirq time run
  * on the thread's behalf) and what else ran on that core. */
-static void cpu_ticks(int cpu, uint64_t *busy, uint64_t *soft, uint64_t *steal) {
+static void cpu_ticks(int cpu, uint64_t *busy, uint64_t *soft,
+                      uint64_t *steal) {
   FILE *f = fopen("/proc/stat", "r");
   char line[512], name[16];
   int found = 0;
@@ -189,7 +192,8 @@ static void cpu_ticks(int cpu, uint64_t *busy, uint64_t *soft, uint64_t *steal) 
 static void wait_writable(int fd) {
   struct pollfd p = {.fd = fd, .events = POLLOUT};
   int rc;
-  do rc = poll(&p, 1, STALL_MS);
+  do
+    rc = poll(&p, 1, STALL_MS);
   while (rc < 0 && errno == EINTR);
   if (rc < 0) die("poll");
   if (rc == 0) {
@@ -236,8 +240,8 @@ static void *server_main(void *arg) {
   pin(opt_server_cpu);
   prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL); /* wake at the due time */
   static const unsigned char hdr[2] = {0x81, PAYLOAD};
-  static unsigned char frames[MAX_BATCH][FRAME];     /* for --mode each */
-  static unsigned char payload[MAX_BATCH][PAYLOAD];  /* for coalesce */
+  static unsigned char frames[MAX_BATCH][FRAME];    /* for --mode each */
+  static unsigned char payload[MAX_BATCH][PAYLOAD]; /* for coalesce */
   static struct iovec iov[2 * MAX_BATCH], tmp[2 * MAX_BATCH];
   uint64_t total = n_warm + n_meas, next = 0;
   uint64_t deadline = t0 + (uint64_t)(opt_timeout * 1e9);
@@ -245,13 +249,14 @@ static void *server_main(void *arg) {
   uint64_t m_wall = 0, m_cpu = 0, m_ccpu = 0;
   struct rusage ru0, ru1;
 
-  while (!atomic_load(&client_ready)) usleep(1000);
+  while (!atomic_load(&client_ready))
+    usleep(1000);
   while (next < total) {
     uint64_t now = now_ns();
     if (now > deadline) {
       errno = 0;
-      die("server: --timeout %.0f s reached at event %llu of %llu",
-          opt_timeout, (unsigned long long)next, (unsigned long long)total);
+      die("server: --timeout %.0f s reached at event %llu of %llu", opt_timeout,
+          (unsigned long long)next, (unsigned long long)total);
     }
     uint64_t due = due_ns(next);
     if (due > now) { /* idle: sleep exactly until the next due time */
@@ -267,15 +272,18 @@ static void *server_main(void *arg) {
     /* The events of this turn: one (each) or every due one (coalesce). */
     uint64_t k = 1;
     if (!opt_each)
-      while (k < MAX_BATCH && next + k < total && due_ns(next + k) <= now) k++;
+      while (k < MAX_BATCH && next + k < total && due_ns(next + k) <= now)
+        k++;
     if (!measuring && next + k > n_warm) {
       measuring = 1;
       m_wall = now_ns();
       m_cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID);
       m_ccpu = clock_ns(client_clock);
       getrusage(RUSAGE_THREAD, &ru0);
-      cpu_ticks(opt_server_cpu, &srv.core_busy[0], &srv.core_soft[0], &srv.core_steal[0]);
-      cpu_ticks(opt_client_cpu, &srv.core_busy[1], &srv.core_soft[1], &srv.core_steal[1]);
+      cpu_ticks(opt_server_cpu, &srv.core_busy[0], &srv.core_soft[0],
+                &srv.core_steal[0]);
+      cpu_ticks(opt_client_cpu, &srv.core_busy[1], &srv.core_soft[1],
+                &srv.core_steal[1]);
     }
     for (uint64_t j = 0; j < k; j++) {
       unsigned char *p = opt_each ? frames[j] + 2 : payload[j];
@@ -319,10 +327,12 @@ static void *server_main(void *arg) {
   srv.span_ns = now_ns() - m_wall;
   srv.cpu_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID) - m_cpu;
   srv.client_cpu_ns = clock_ns(client_clock) - m_ccpu;
-  srv.user_us = (uint64_t)((ru1.ru_utime.tv_sec - ru0.ru_utime.tv_sec) * 1000000 +
-                           (ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec));
-  srv.sys_us = (uint64_t)((ru1.ru_stime.tv_sec - ru0.ru_stime.tv_sec) * 1000000 +
-                          (ru1.ru_stime.tv_usec - ru0.ru_stime.tv_usec));
+  srv.user_us =
+      (uint64_t)((ru1.ru_utime.tv_sec - ru0.ru_utime.tv_sec) * 1000000 +
+                 (ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec));
+  srv.sys_us =
+      (uint64_t)((ru1.ru_stime.tv_sec - ru0.ru_stime.tv_sec) * 1000000 +
+                 (ru1.ru_stime.tv_usec - ru0.ru_stime.tv_usec));
   atomic_store(&server_done, 1);
   return NULL;
 }
@@ -335,7 +345,8 @@ struct rx {
 };
 
 /* on_frame: checks one frame and records its latency. */
-static void on_frame(struct rx *r, const unsigned char *f, uint64_t now, int i) {
+static void on_frame(struct rx *r, const unsigned char *f, uint64_t now,
+                     int i) {
   if (f[0] != 0x81 || f[1] != PAYLOAD) {
     errno = 0;
     die("socket %d: bad frame header %02x %02x", i, f[0], f[1]);
@@ -462,7 +473,8 @@ static void connect_all(void) {
     int one = 1;
     if (setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0)
       die("TCP_NODELAY");
-    if (fcntl(s, F_SETFL, O_NONBLOCK) != 0 || fcntl(c, F_SETFL, O_NONBLOCK) != 0)
+    if (fcntl(s, F_SETFL, O_NONBLOCK) != 0 ||
+        fcntl(c, F_SETFL, O_NONBLOCK) != 0)
       die("O_NONBLOCK");
     srv_fd[i] = s;
     cli_fd[i] = c;
@@ -499,29 +511,45 @@ int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     const char *o = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-    if (!strcmp(o, "--busy-client")) { opt_busy = 1; continue; }
+    if (!strcmp(o, "--busy-client")) {
+      opt_busy = 1;
+      continue;
+    }
     if (!v) usage();
-    if (!strcmp(o, "--mode")) opt_mode = v;
-    else if (!strcmp(o, "--n")) opt_n = atoi(v);
-    else if (!strcmp(o, "--rate")) opt_rate = atof(v);
-    else if (!strcmp(o, "--duration")) opt_duration = atof(v);
-    else if (!strcmp(o, "--warmup")) opt_warmup = atof(v);
-    else if (!strcmp(o, "--server-cpu")) opt_server_cpu = atoi(v);
-    else if (!strcmp(o, "--client-cpu")) opt_client_cpu = atoi(v);
-    else if (!strcmp(o, "--timeout")) opt_timeout = atof(v);
-    else usage();
+    if (!strcmp(o, "--mode"))
+      opt_mode = v;
+    else if (!strcmp(o, "--n"))
+      opt_n = atoi(v);
+    else if (!strcmp(o, "--rate"))
+      opt_rate = atof(v);
+    else if (!strcmp(o, "--duration"))
+      opt_duration = atof(v);
+    else if (!strcmp(o, "--warmup"))
+      opt_warmup = atof(v);
+    else if (!strcmp(o, "--server-cpu"))
+      opt_server_cpu = atoi(v);
+    else if (!strcmp(o, "--client-cpu"))
+      opt_client_cpu = atoi(v);
+    else if (!strcmp(o, "--timeout"))
+      opt_timeout = atof(v);
+    else
+      usage();
     i++;
   }
-  if (!strcmp(opt_mode, "each")) opt_each = 1;
-  else if (strcmp(opt_mode, "coalesce")) usage();
+  if (!strcmp(opt_mode, "each"))
+    opt_each = 1;
+  else if (strcmp(opt_mode, "coalesce"))
+    usage();
   if (opt_n < 1 || opt_rate <= 0 || opt_duration <= 0 || opt_warmup < 0 ||
       opt_timeout <= 0)
     usage();
 
   struct rlimit rl;
-  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)(2 * opt_n + 64)) {
-    rl.rlim_cur = rl.rlim_max < (rlim_t)(2 * opt_n + 64) ? rl.rlim_max
-                                                         : (rlim_t)(2 * opt_n + 64);
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 &&
+      rl.rlim_cur < (rlim_t)(2 * opt_n + 64)) {
+    rl.rlim_cur = rl.rlim_max < (rlim_t)(2 * opt_n + 64)
+                      ? rl.rlim_max
+                      : (rlim_t)(2 * opt_n + 64);
     setrlimit(RLIMIT_NOFILE, &rl);
   }
   n_warm = (uint64_t)(opt_warmup * opt_rate + 0.5);
@@ -547,7 +575,8 @@ int main(int argc, char **argv) {
   uint64_t expected = n_meas * (uint64_t)opt_n;
   qsort(lat, n_lat, sizeof *lat, cmp_u64);
   double span = n_lat && last_meas_rx > first_due_meas
-                    ? (double)(last_meas_rx - first_due_meas) / 1e9 : 0;
+                    ? (double)(last_meas_rx - first_due_meas) / 1e9
+                    : 0;
   double sspan = (double)srv.span_ns;
   double tick_ns = 1e9 / (double)sysconf(_SC_CLK_TCK);
   printf("{\"mode\":\"%s\",\"n\":%d,\"rate\":%.0f,\"duration_s\":%.1f,"
@@ -572,19 +601,25 @@ int main(int argc, char **argv) {
          srv.writes ? (double)srv.frames / (double)srv.writes : 0,
          sspan > 0 ? (double)srv.cpu_ns / sspan : 0,
          srv.user_us + srv.sys_us
-             ? (double)srv.sys_us / (double)(srv.user_us + srv.sys_us) : 0,
+             ? (double)srv.sys_us / (double)(srv.user_us + srv.sys_us)
+             : 0,
          (unsigned long long)srv.stalls, (unsigned long long)srv.turns,
          srv.turns ? (double)srv.lag_sum / 1000.0 / (double)srv.turns : 0,
          (double)srv.lag_max / 1000.0,
          sspan > 0 ? (double)srv.client_cpu_ns / sspan : 0,
          sspan > 0 ? (double)srv.core_busy[0] * tick_ns / sspan : 0,
          sspan > 0 ? (double)srv.core_soft[0] * tick_ns / sspan : 0,
-         srv.frames ? (double)srv.core_busy[0] * tick_ns / 1000.0 / (double)srv.frames : 0,
+         srv.frames
+             ? (double)srv.core_busy[0] * tick_ns / 1000.0 / (double)srv.frames
+             : 0,
          sspan > 0 ? (double)srv.core_busy[1] * tick_ns / sspan : 0,
-         sspan > 0 ? (double)(srv.core_steal[0] + srv.core_steal[1]) * tick_ns / 2 / sspan : 0);
+         sspan > 0 ? (double)(srv.core_steal[0] + srv.core_steal[1]) * tick_ns /
+                         2 / sspan
+                   : 0);
   free(lat);
   if (n_lat != expected)
     fprintf(stderr, "mw_floor: %lld of %llu measured deliveries missing\n",
-            (long long)expected - (long long)n_lat, (unsigned long long)expected);
+            (long long)expected - (long long)n_lat,
+            (unsigned long long)expected);
   return n_lat == expected ? 0 : 1;
 }

@@ -51,27 +51,30 @@ typedef struct script {
 static const script_t scripts[] = {
     {"none", "-- no hooks\n", 1},
     {"connect_only", "", 0},
-    {"subscribe",
-     "function on_subscribe(conn, topic) return true end\n", 0},
+    {"subscribe", "function on_subscribe(conn, topic) return true end\n", 0},
     {"subscribe_match",
      "function on_subscribe(conn, topic)\n"
      "  return moonwire.match('gift-list:*', topic)\n"
-     "end\n", 0},
+     "end\n",
+     0},
     {"publish", "function on_publish(conn, event) return event end\n", 0},
     {"deliver_pass", "function on_deliver(conn, event) return event end\n", 0},
     {"deliver_tenant_check",
      "function on_deliver(conn, event)\n"
-     "  if event.data.tenant_id and event.data.tenant_id ~= conn.tenant_id then\n"
+     "  if event.data.tenant_id and event.data.tenant_id ~= conn.tenant_id "
+     "then\n"
      "    return nil\n"
      "  end\n"
      "  return event\n"
-     "end\n", 0},
+     "end\n",
+     0},
     {"deliver_copy",
      "function on_deliver(conn, event)\n"
      "  local e = moonwire.copy(event)\n"
      "  e.data.user_id = nil\n"
      "  return e\n"
-     "end\n", 0},
+     "end\n",
+     0},
     {"deliver_copy_memo",
      "local last, out\n"
      "function on_deliver(conn, event)\n"
@@ -81,20 +84,32 @@ static const script_t scripts[] = {
      "    out.data.user_id = nil\n"
      "  end\n"
      "  return out\n"
-     "end\n", 0},
+     "end\n",
+     0},
     {"deliver_nil", "function on_deliver(conn, event) return nil end\n", 0},
 };
 
-enum { S_NONE, S_CONNECT, S_SUB, S_SUB_MATCH, S_PUB, S_DPASS, S_DTENANT,
-       S_DCOPY, S_DMEMO, S_DNIL, S_COUNT };
+enum {
+  S_NONE,
+  S_CONNECT,
+  S_SUB,
+  S_SUB_MATCH,
+  S_PUB,
+  S_DPASS,
+  S_DTENANT,
+  S_DCOPY,
+  S_DMEMO,
+  S_DNIL,
+  S_COUNT
+};
 
 static char tmpdir[256];
 static char paths[S_COUNT][512];
 
 /* A realistic event: SPEC §3's example, about 100 bytes of data. */
-#define DATA_JSON                                                        \
-  "{\"entity_id\":\"gift-7\",\"payload\":{\"name\":\"Bike\",\"price\":129}," \
-  "\"user_id\":\"u1\",\"tenant_id\":\"t1\","                              \
+#define DATA_JSON                                                              \
+  "{\"entity_id\":\"gift-7\",\"payload\":{\"name\":\"Bike\",\"price\":129},"   \
+  "\"user_id\":\"u1\",\"tenant_id\":\"t1\","                                   \
   "\"timestamp\":\"2026-11-23T10:00:00.000Z\"}"
 #define TOPIC "gift-list:family-123"
 
@@ -126,7 +141,8 @@ static void write_scripts(void) {
 }
 
 static void remove_scripts(void) {
-  for (int i = 0; i < S_COUNT; i++) unlink(paths[i]);
+  for (int i = 0; i < S_COUNT; i++)
+    unlink(paths[i]);
   rmdir(tmpdir);
 }
 
@@ -152,8 +168,10 @@ static void make_identity(mw_policy_t *p, mw_policy_identity_t *id) {
   mw_policy_pair_t h[2] = {{"user-agent", "bench"}, {"origin", "http://x"}};
   mw_policy_connect_req_t req = {.transport = "websocket",
                                  .remote_addr = "127.0.0.1",
-                                 .headers = h, .nheaders = 2,
-                                 .query = q, .nquery = 1,
+                                 .headers = h,
+                                 .nheaders = 2,
+                                 .query = q,
+                                 .nquery = 1,
                                  .token = "u42"};
   mw_policy_result_t res;
   memset(id, 0, sizeof *id);
@@ -167,11 +185,11 @@ static void make_identity(mw_policy_t *p, mw_policy_identity_t *id) {
 typedef struct ctx {
   mw_policy_t *p;
   mw_policy_identity_t id;
-  mw_event_t *ev;      /* the event fanned out */
-  mw_event_t *evs[2];  /* alternated by the "new event" cases */
-  json_t *pub;         /* on_publish's input */
+  mw_event_t *ev;     /* the event fanned out */
+  mw_event_t *evs[2]; /* alternated by the "new event" cases */
+  json_t *pub;        /* on_publish's input */
   const json_t *data;
-  uint64_t bad;        /* unexpected verdicts */
+  uint64_t bad; /* unexpected verdicts */
   mw_policy_verdict_t want;
 } ctx_t;
 
@@ -182,8 +200,10 @@ static void c_connect(ctx_t *c, uint64_t i) {
   mw_policy_pair_t q[1] = {{"x", "1"}};
   mw_policy_connect_req_t req = {.transport = "websocket",
                                  .remote_addr = "127.0.0.1",
-                                 .headers = h, .nheaders = 2,
-                                 .query = q, .nquery = 1,
+                                 .headers = h,
+                                 .nheaders = 2,
+                                 .query = q,
+                                 .nquery = 1,
                                  .token = "u42"};
   mw_policy_identity_t id;
   mw_policy_result_t res;
@@ -244,7 +264,8 @@ static void c_deliver_hub_changed(ctx_t *c, uint64_t i) {
   mw__policy_deliver(c->p, &c->id, c->ev, c->data, &res);
   if (res.status != MW_POLICY_OK || res.verdict != MW_VERDICT_CHANGED) c->bad++;
   size_t k = 0;
-  while (k < nkeys && keys[k] != res.out_key) k++;
+  while (k < nkeys && keys[k] != res.out_key)
+    k++;
   if (k == nkeys) {
     char *text = json_dumps(res.out, JSON_COMPACT);
     if (!text) c->bad++;
@@ -265,8 +286,8 @@ static void c_hub_nohook(ctx_t *c, uint64_t i) {
   int hook = c->p && mw__policy_has_deliver(c->p);
   int skip = tenant && ev_tenant && !c->id.all_tenants &&
              strcmp(tenant, ev_tenant) != 0;
-  if (!skip && (hook || (tenant && mw__policy_tenant_has_transform(c->p,
-                                                                   tenant))))
+  if (!skip &&
+      (hook || (tenant && mw__policy_tenant_has_transform(c->p, tenant))))
     c->bad++;
   sink += (uint64_t)skip + i;
 }
@@ -304,18 +325,16 @@ static const bcase_t cases[] = {
      c_deliver, MW_VERDICT_ALLOW, 1},
     {"on_deliver_copy", "on_deliver -> moonwire.copy(event) minus a field",
      S_DCOPY, c_deliver, MW_VERDICT_CHANGED, 1},
-    {"on_deliver_copy_hub",
-     "  same + the hub's lookup of the result (one key)", S_DCOPY,
-     c_deliver_hub_changed, MW_VERDICT_CHANGED, 1},
-    {"on_deliver_copy_memo", "on_deliver -> copy made once per event",
-     S_DMEMO, c_deliver, MW_VERDICT_CHANGED, 1},
+    {"on_deliver_copy_hub", "  same + the hub's lookup of the result (one key)",
+     S_DCOPY, c_deliver_hub_changed, MW_VERDICT_CHANGED, 1},
+    {"on_deliver_copy_memo", "on_deliver -> copy made once per event", S_DMEMO,
+     c_deliver, MW_VERDICT_CHANGED, 1},
     {"on_deliver_nil", "on_deliver -> nil (drop)", S_DNIL, c_deliver,
      MW_VERDICT_DROP, 1},
     {"no_on_deliver_hub", "no on_deliver: hub's per-recipient checks", S_NONE,
      c_hub_nohook, MW_VERDICT_ALLOW, 1},
-    {"no_on_deliver_call",
-     "no on_deliver: mw__policy_deliver called anyway", S_NONE,
-     c_deliver_nohook, MW_VERDICT_ALLOW, 1},
+    {"no_on_deliver_call", "no on_deliver: mw__policy_deliver called anyway",
+     S_NONE, c_deliver_nohook, MW_VERDICT_ALLOW, 1},
 };
 
 static int cmp_double(const void *a, const void *b) {
@@ -341,8 +360,10 @@ int main(int argc, char **argv) {
     } else if (!strcmp(argv[i], "--quiet")) {
       quiet = 1;
     } else {
-      fprintf(stderr, "usage: %s [--iters N] [--reps R] [--case NAME] "
-              "[--json FILE] [--quiet]\n", argv[0]);
+      fprintf(stderr,
+              "usage: %s [--iters N] [--reps R] [--case NAME] "
+              "[--json FILE] [--quiet]\n",
+              argv[0]);
       return 2;
     }
   }
@@ -368,9 +389,8 @@ int main(int argc, char **argv) {
             "hook cost: %llu calls x %d reps after %llu warm-up calls; "
             "event data %zu bytes (envelope %zu)\n\n"
             "%-52s %10s %10s\n",
-            (unsigned long long)iters, reps,
-            (unsigned long long)(iters / 10), data_len, wire_len, "case",
-            "ns/call", "best");
+            (unsigned long long)iters, reps, (unsigned long long)(iters / 10),
+            data_len, wire_len, "case", "ns/call", "best");
   int failed = 0;
   for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
     const bcase_t *bc = &cases[k];
@@ -385,11 +405,13 @@ int main(int argc, char **argv) {
     c.data = mw__event_data(c.ev);
     c.pub = pub;
     c.want = bc->want;
-    for (uint64_t i = 0; i < iters / 10; i++) bc->fn(&c, i);
+    for (uint64_t i = 0; i < iters / 10; i++)
+      bc->fn(&c, i);
     double per[MAX_REPS];
     for (int r = 0; r < reps; r++) {
       uint64_t t0 = now_ns();
-      for (uint64_t i = 0; i < iters; i++) bc->fn(&c, i);
+      for (uint64_t i = 0; i < iters; i++)
+        bc->fn(&c, i);
       per[r] = (double)(now_ns() - t0) / (double)iters;
     }
     qsort(per, (size_t)reps, sizeof per[0], cmp_double);

@@ -132,21 +132,21 @@ typedef struct conn {
   int state;
   int idx;
   int tenant;
-  int churn;        /* a churn connection (one cycle, then closed) */
-  int has[2];       /* topics held: [0] personal (or the one topic), [1] group */
-  int tid[2];       /* their numbers (--group) */
-  uint64_t t_open;  /* connect() time, ns */
+  int churn;       /* a churn connection (one cycle, then closed) */
+  int has[2];      /* topics held: [0] personal (or the one topic), [1] group */
+  int tid[2];      /* their numbers (--group) */
+  uint64_t t_open; /* connect() time, ns */
   char *buf;
   size_t len, cap;
   /* subscriber */
-  int64_t next_n[2];  /* the next n expected, per topic held */
-  uint64_t base[2];   /* topic seq at subscribe time (from the ack) */
-  uint64_t ok;        /* events received in order */
-  uint64_t dups;      /* n below what was expected (duplicate or reordered) */
-  uint64_t gaps;      /* events skipped */
-  uint64_t seq_bad;   /* seq != base + n + 1 */
-  uint64_t foreign;   /* another tenant's (or topic's) event */
-  uint64_t expected;  /* events this connection should receive */
+  int64_t next_n[2]; /* the next n expected, per topic held */
+  uint64_t base[2];  /* topic seq at subscribe time (from the ack) */
+  uint64_t ok;       /* events received in order */
+  uint64_t dups;     /* n below what was expected (duplicate or reordered) */
+  uint64_t gaps;     /* events skipped */
+  uint64_t seq_bad;  /* seq != base + n + 1 */
+  uint64_t foreign;  /* another tenant's (or topic's) event */
+  uint64_t expected; /* events this connection should receive */
 } conn_t;
 
 static struct {
@@ -169,18 +169,18 @@ static struct {
   int quiet;
   int mode;
   int transport;
-  int group;        /* --group G: personal + group topics (0: one topic) */
-  double step_s;    /* --step-s */
+  int group;     /* --group G: personal + group topics (0: one topic) */
+  double step_s; /* --step-s */
   double step_drain_s;
-  double hold_s;    /* --idle: hold after the report is ready */
+  double hold_s; /* --idle: hold after the report is ready */
   double settle_max_s;
   int src_addrs;
   double churn_pub_rate;
-  int churn_max;    /* churn connections in flight at most */
-  int overload;     /* --overload 1: a 503/429 is push-back, not an error */
-} opt = {"127.0.0.1", 0, 1000, 2000, 32, 0, 200, 0, 100, 0, T_MOONWIRE, 0,
-         NULL, "bench", 120, 5, 0, M_FANOUT, TR_WS, 0, 5, 5, 0, 20, 0, 200,
-         4000, 0};
+  int churn_max; /* churn connections in flight at most */
+  int overload;  /* --overload 1: a 503/429 is push-back, not an error */
+} opt = {"127.0.0.1", 0, 1000, 2000,    32,  0,   200,  0,        100,   0,
+         T_MOONWIRE,  0, NULL, "bench", 120, 5,   0,    M_FANOUT, TR_WS, 0,
+         5,           5, 0,    20,      0,   200, 4000, 0};
 
 static double steps_rate[MAX_STEPS];
 static int n_steps;
@@ -189,9 +189,9 @@ static int server_pids[MAX_PIDS], n_server_pids;
 static int aux_pids[MAX_PIDS], n_aux_pids;
 
 static int ep;
-static conn_t *subs;    /* the steady subscribers' connections */
-static int n_conns;     /* how many (2 x --subs for fastapi with --group) */
-static int n_groups;    /* --group: ceil(subs / group) */
+static conn_t *subs; /* the steady subscribers' connections */
+static int n_conns;  /* how many (2 x --subs for fastapi with --group) */
+static int n_groups; /* --group: ceil(subs / group) */
 static conn_t pub;
 static struct sockaddr_in addr, pub_addr;
 static uint64_t t_deadline;
@@ -232,7 +232,7 @@ static uint64_t lat_stride = 1, lat_seen;
 static uint64_t lat_over; /* samples above 429 s, clamped */
 
 /* churn */
-static conn_t *churn;       /* --churn-max slots */
+static conn_t *churn; /* --churn-max slots */
 static int *churn_free, n_churn_free;
 static uint64_t churn_opened, churn_done, churn_failed, churn_skipped;
 static uint64_t churn_last_done_ns;
@@ -248,7 +248,8 @@ static uint64_t now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static void note_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void note_error(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2)));
 static void note_error(const char *fmt, ...) {
   if (first_error[0]) return;
   va_list ap;
@@ -413,7 +414,8 @@ static int bind_source(int fd) {
   struct sockaddr_in src;
   memset(&src, 0, sizeof src);
   src.sin_family = AF_INET;
-  src.sin_addr.s_addr = htonl(0x7f000002u + src_counter++ % (uint32_t)opt.src_addrs);
+  src.sin_addr.s_addr =
+      htonl(0x7f000002u + src_counter++ % (uint32_t)opt.src_addrs);
   int one = 1;
   setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
   return bind(fd, (struct sockaddr *)&src, sizeof src) < 0 ? -errno : 0;
@@ -497,7 +499,8 @@ static int ws_send(conn_t *c, int opcode, const void *payload, size_t len) {
   memcpy(frame + h, mask, 4);
   h += 4;
   const uint8_t *pl = payload;
-  for (size_t i = 0; i < len; i++) frame[h + i] = pl[i] ^ mask[i & 3];
+  for (size_t i = 0; i < len; i++)
+    frame[h + i] = pl[i] ^ mask[i & 3];
   return write_all(c->fd, frame, h + len);
 }
 
@@ -522,8 +525,10 @@ static void conn_topics(const conn_t *c, char *out, size_t cap) {
   out[0] = '\0';
   if (c->has[0]) topic_name(a, sizeof a, 0, c->tid[0]);
   if (c->has[1]) topic_name(b, sizeof b, 1, c->tid[1]);
-  if (c->has[0] && c->has[1]) snprintf(out, cap, "%s,%s", a, b);
-  else snprintf(out, cap, "%s", c->has[0] ? a : b);
+  if (c->has[0] && c->has[1])
+    snprintf(out, cap, "%s,%s", a, b);
+  else
+    snprintf(out, cap, "%s", c->has[0] ? a : b);
 }
 
 /* ---- subscribers ---- */
@@ -585,7 +590,8 @@ static void sub_send_handshake(conn_t *c) {
   conn_topics(c, topics, sizeof topics);
   int sse = opt.transport == TR_SSE && !c->churn;
   if (opt.target == T_NCHAN)
-    snprintf(path, sizeof path, "/%s/%s", strchr(topics, ',') ? "msub" : "sub", topics);
+    snprintf(path, sizeof path, "/%s/%s", strchr(topics, ',') ? "msub" : "sub",
+             topics);
   else if (opt.target == T_FASTAPI)
     snprintf(path, sizeof path, "/ws/%s", topics);
   else if (sse)
@@ -596,10 +602,11 @@ static void sub_send_handshake(conn_t *c) {
     snprintf(path, sizeof path, "/ws");
   int n;
   if (sse)
-    n = snprintf(req, sizeof req,
-                 "GET %s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n"
-                 "Cache-Control: no-cache\r\n\r\n",
-                 path, opt.host, opt.port);
+    n = snprintf(
+        req, sizeof req,
+        "GET %s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n"
+        "Cache-Control: no-cache\r\n\r\n",
+        path, opt.host, opt.port);
   else
     n = snprintf(req, sizeof req,
                  "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
@@ -624,7 +631,8 @@ static uint64_t num_after(const char *p, size_t len, const char *key,
   const char *d = k + klen, *end = p + len;
   if (d >= end || *d < '0' || *d > '9') return UINT64_MAX;
   uint64_t v = 0;
-  while (d < end && *d >= '0' && *d <= '9') v = v * 10 + (uint64_t)(*d++ - '0');
+  while (d < end && *d >= '0' && *d <= '9')
+    v = v * 10 + (uint64_t)(*d++ - '0');
   return v;
 }
 
@@ -753,7 +761,8 @@ static int sub_frame(conn_t *c, int opcode, const char *p, size_t len,
     return 0;
   case 8: { /* close */
     char m[160];
-    unsigned code = len >= 2 ? ((unsigned)(uint8_t)p[0] << 8 | (uint8_t)p[1]) : 0;
+    unsigned code =
+        len >= 2 ? ((unsigned)(uint8_t)p[0] << 8 | (uint8_t)p[1]) : 0;
     snprintf(m, sizeof m, "server closed the WebSocket (%u %.*s)", code,
              (int)(len > 2 ? (len - 2 > 100 ? 100 : len - 2) : 0), p + 2);
     sub_fail(c, m);
@@ -785,7 +794,8 @@ static void sub_parse_frames(conn_t *c, uint64_t now) {
     } else if (plen == 127) {
       if (avail < 10) break;
       plen = 0;
-      for (int i = 0; i < 8; i++) plen = plen << 8 | b[2 + i];
+      for (int i = 0; i < 8; i++)
+        plen = plen << 8 | b[2 + i];
       h = 10;
     }
     if (avail < h + plen) {
@@ -864,7 +874,8 @@ static void sub_readable(conn_t *c) {
         char m[160];
         snprintf(m, sizeof m, "handshake refused: %.*s",
                  (int)(strcspn(c->buf, "\r\n") > 100 ? 100
-                       : strcspn(c->buf, "\r\n")), c->buf);
+                                                     : strcspn(c->buf, "\r\n")),
+                 c->buf);
         sub_fail(c, m);
         return;
       }
@@ -889,20 +900,25 @@ static void sub_readable(conn_t *c) {
       conn_topics(c, topics, sizeof topics);
       char *comma = strchr(topics, ',');
       if (comma) *comma = '\0';
-      int ml = comma ? snprintf(msg, sizeof msg,
-                                "{\"type\":\"subscribe\",\"id\":\"s\",\"topics\":"
-                                "[\"%s\",\"%s\"]}", topics, comma + 1)
-                     : snprintf(msg, sizeof msg,
-                                "{\"type\":\"subscribe\",\"id\":\"s\",\"topics\":"
-                                "[\"%s\"]}", topics);
+      int ml = comma
+                   ? snprintf(msg, sizeof msg,
+                              "{\"type\":\"subscribe\",\"id\":\"s\",\"topics\":"
+                              "[\"%s\",\"%s\"]}",
+                              topics, comma + 1)
+                   : snprintf(msg, sizeof msg,
+                              "{\"type\":\"subscribe\",\"id\":\"s\",\"topics\":"
+                              "[\"%s\"]}",
+                              topics);
       if (ws_send(c, 1, msg, (size_t)ml)) {
         sub_fail(c, "write subscribe failed");
         return;
       }
       c->state = ST_SUBSCRIBING;
     }
-    if (sse) sse_data(c, now);
-    else sub_parse_frames(c, now);
+    if (sse)
+      sse_data(c, now);
+    else
+      sub_parse_frames(c, now);
     if (c->fd < 0) return;
     /* A short read: the socket is drained (level-triggered, so anything
      * that arrives later comes back with the next epoll_wait). */
@@ -962,7 +978,8 @@ static uint64_t event_owed(int64_t i, int credit) {
     int lo = id * opt.group, hi = lo + opt.group;
     if (hi > opt.subs) hi = opt.subs;
     if (credit)
-      for (int j = lo; j < hi; j++) subs[off + j].expected++;
+      for (int j = lo; j < hi; j++)
+        subs[off + j].expected++;
     return (uint64_t)(hi - lo);
   }
   uint64_t owed = 0;
@@ -994,8 +1011,9 @@ static void pub_queue_one(int64_t i) {
   }
   expected_queued += event_owed(i, 1);
   if (opt.target != T_MOONWIRE) /* the body is the message */
-    bl = snprintf(body, sizeof body, "{\"n\":%lld,\"ts\":%llu,%s\"pad\":\"%s\"}",
-                  (long long)n, (unsigned long long)ts, extra, pad_str);
+    bl =
+        snprintf(body, sizeof body, "{\"n\":%lld,\"ts\":%llu,%s\"pad\":\"%s\"}",
+                 (long long)n, (unsigned long long)ts, extra, pad_str);
   else if (opt.tenants > 0)
     bl = snprintf(body, sizeof body,
                   "{\"topic\":\"%s\",\"event\":\"BENCH\",\"data\":{\"n\":%lld,"
@@ -1028,11 +1046,12 @@ static void pub_queue_one(int64_t i) {
                                    "Content-Length: %d\r\n\r\n",
                                    topic, opt.host, opt.pub_port, bl);
   else
-    pub_out_len += (size_t)sprintf(pub_out + pub_out_len,
-                                   "POST /api/publish HTTP/1.1\r\nHost: %s:%d\r\n"
-                                   "Content-Type: application/json\r\n"
-                                   "Content-Length: %d\r\n\r\n",
-                                   opt.host, opt.pub_port, bl);
+    pub_out_len +=
+        (size_t)sprintf(pub_out + pub_out_len,
+                        "POST /api/publish HTTP/1.1\r\nHost: %s:%d\r\n"
+                        "Content-Type: application/json\r\n"
+                        "Content-Length: %d\r\n\r\n",
+                        opt.host, opt.pub_port, bl);
   memcpy(pub_out + pub_out_len, body, (size_t)bl);
   pub_out_len += (size_t)bl;
 }
@@ -1063,7 +1082,8 @@ static void pub_pump_to(uint64_t now, int64_t limit) {
   int queued = 0;
   while (sent < limit && sent - answered < opt.window) {
     if (opt.rate > 0) {
-      uint64_t due = pace_t0 + (uint64_t)((double)(sent - pace_sent0) * 1e9 / opt.rate);
+      uint64_t due =
+          pace_t0 + (uint64_t)((double)(sent - pace_sent0) * 1e9 / opt.rate);
       if (now < due) break;
     }
     pub_queue_one(sent++);
@@ -1073,12 +1093,15 @@ static void pub_pump_to(uint64_t now, int64_t limit) {
 }
 
 static int64_t pub_limit; /* events the current phase may send */
-static void pub_pump(uint64_t now) { pub_pump_to(now, pub_limit); }
+static void pub_pump(uint64_t now) {
+  pub_pump_to(now, pub_limit);
+}
 
 /* When the next paced publish is due, in ms from now (at most `cap`). */
 static int pace_timeout(uint64_t now, int cap) {
   if (opt.rate <= 0 || sent >= pub_limit || !publishing) return cap;
-  uint64_t due = pace_t0 + (uint64_t)((double)(sent - pace_sent0) * 1e9 / opt.rate);
+  uint64_t due =
+      pace_t0 + (uint64_t)((double)(sent - pace_sent0) * 1e9 / opt.rate);
   /* rounded up: epoll's timeout is in ms, and 0 would spin until due */
   int t = due > now ? (int)((due - now + 999999) / 1000000) : 0;
   return t > cap ? cap : t;
@@ -1116,8 +1139,10 @@ static void pub_readable(void) {
     if (!end) break;
     size_t hl = (size_t)(end + 4 - p);
     long clen = 0;
-    for (char *l = memchr(p, '\n', hl); l && l < end; l = memchr(l + 1, '\n', (size_t)(end - l))) {
-      if (!strncasecmp(l + 1, "content-length:", 15)) clen = strtol(l + 16, NULL, 10);
+    for (char *l = memchr(p, '\n', hl); l && l < end;
+         l = memchr(l + 1, '\n', (size_t)(end - l))) {
+      if (!strncasecmp(l + 1, "content-length:", 15))
+        clen = strtol(l + 16, NULL, 10);
     }
     if (avail < hl + (size_t)clen) break;
     int status = avail > 12 ? atoi(p + 9) : 0;
@@ -1179,20 +1204,24 @@ static long peer_active_subscribers(const char *topic) {
   setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   long active = -1;
   char buf[2048];
-  int n = snprintf(buf, sizeof buf,
-                   "GET /pub/%s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/plain\r\n"
-                   "Connection: close\r\n\r\n",
-                   topic, opt.host, opt.pub_port);
+  int n =
+      snprintf(buf, sizeof buf,
+               "GET /pub/%s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/plain\r\n"
+               "Connection: close\r\n\r\n",
+               topic, opt.host, opt.pub_port);
   if (connect(fd, (struct sockaddr *)&pub_addr, sizeof pub_addr) == 0 &&
       write_all(fd, buf, (size_t)n) == 0) {
     size_t len = 0;
     ssize_t r;
-    while (len < sizeof buf - 1 && (r = read(fd, buf + len, sizeof buf - 1 - len)) > 0)
+    while (len < sizeof buf - 1 &&
+           (r = read(fd, buf + len, sizeof buf - 1 - len)) > 0)
       len += (size_t)r;
     buf[len] = '\0';
     const char *k = strstr(buf, "active subscribers: ");
-    if (k) active = strtol(k + 20, NULL, 10);
-    else if (len > 12 && !memcmp(buf + 9, "404", 3)) active = 0; /* no channel yet */
+    if (k)
+      active = strtol(k + 20, NULL, 10);
+    else if (len > 12 && !memcmp(buf + 9, "404", 3))
+      active = 0; /* no channel yet */
   }
   close(fd);
   return active;
@@ -1215,7 +1244,8 @@ static void pump_io(int timeout_ms) {
       continue;
     }
     if (c->state == ST_CONNECTING) {
-      if (evs[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) sub_send_handshake(c);
+      if (evs[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP))
+        sub_send_handshake(c);
       continue;
     }
     sub_readable(c);
@@ -1231,7 +1261,8 @@ static pstat_t rss_settle(double *waited_s) {
   int stable = 0;
   while (stable < 4 && now_ns() < until) {
     uint64_t tick = now_ns() + 250000000ull;
-    while (now_ns() < tick) pump_io(50);
+    while (now_ns() < tick)
+      pump_io(50);
     pstat_t cur = procs_read(server_pids, n_server_pids);
     long d = cur.rss_kb - prev.rss_kb;
     long tol = prev.rss_kb / 400 > 64 ? prev.rss_kb / 400 : 64;
@@ -1251,8 +1282,10 @@ static void pub_connect(void) {
     int got = 0;
     for (int i = 0; i < n; i++) {
       conn_t *c = evs[i].data.ptr;
-      if (c == &pub) got = 1;
-      else if (c->fd >= 0 && c->state != ST_CONNECTING) sub_readable(c);
+      if (c == &pub)
+        got = 1;
+      else if (c->fd >= 0 && c->state != ST_CONNECTING)
+        sub_readable(c);
     }
     if (got) break;
     if (now_ns() >= t_deadline) die("publisher: connect timed out");
@@ -1277,8 +1310,9 @@ static void json_str(FILE *out, const char *s) {
 }
 
 static const char *target_name(void) {
-  return opt.target == T_NCHAN ? "nchan" : opt.target == T_FASTAPI ? "fastapi"
-                                                                    : "moonwire";
+  return opt.target == T_NCHAN     ? "nchan"
+         : opt.target == T_FASTAPI ? "fastapi"
+                                   : "moonwire";
 }
 
 /* ---- step records ---- */
@@ -1297,61 +1331,68 @@ static step_rec_t steps[MAX_STEPS];
 static int steps_run;
 
 static void step_json(FILE *out, const step_rec_t *s) {
-  double srv_share = s->server_cpu_s + s->loadgen_cpu_s > 0
-                         ? s->loadgen_cpu_s / (s->server_cpu_s + s->loadgen_cpu_s) : 0;
+  double srv_share =
+      s->server_cpu_s + s->loadgen_cpu_s > 0
+          ? s->loadgen_cpu_s / (s->server_cpu_s + s->loadgen_cpu_s)
+          : 0;
   if (opt.mode == M_CHURN) {
-    fprintf(out,
-            "{\"rate\":%g,\"wall_s\":%.3f,\"opened\":%llu,\"completed\":%llu,"
-            "\"failed\":%llu,\"skipped\":%llu,\"cycles_per_s\":%.1f,"
-            "\"handshake_us\":{\"p50\":%.1f,\"p99\":%.1f,\"p999\":%.1f},"
-            "\"cycle_us\":{\"p50\":%.1f,\"p99\":%.1f},\"server_cpu_s\":%.3f,"
-            "\"server_cpu_us_per_cycle\":%.1f,\"server_busy\":%.3f,"
-            "\"loadgen_cpu_s\":%.3f,\"loadgen_busy\":%.3f,"
-            "\"loadgen_cpu_share\":%.3f,\"server_rss_kb_end\":%ld,\"drained\":%s}",
-            s->rate, s->wall_s, (unsigned long long)s->opened,
-            (unsigned long long)s->done, (unsigned long long)s->failed,
-            (unsigned long long)s->skipped,
-            s->wall_s > 0 ? (double)s->done / s->wall_s : 0, s->hs_p50, s->hs_p99,
-            s->hs_p999, s->cyc_p50, s->cyc_p99, s->server_cpu_s,
-            s->done ? s->server_cpu_s * 1e6 / (double)s->done : 0,
-            s->wall_s > 0 ? s->server_cpu_s / s->wall_s : 0, s->loadgen_cpu_s,
-            s->wall_s > 0 ? s->loadgen_cpu_s / s->wall_s : 0, srv_share,
-            s->rss_kb_end, s->drained ? "true" : "false");
+    fprintf(
+        out,
+        "{\"rate\":%g,\"wall_s\":%.3f,\"opened\":%llu,\"completed\":%llu,"
+        "\"failed\":%llu,\"skipped\":%llu,\"cycles_per_s\":%.1f,"
+        "\"handshake_us\":{\"p50\":%.1f,\"p99\":%.1f,\"p999\":%.1f},"
+        "\"cycle_us\":{\"p50\":%.1f,\"p99\":%.1f},\"server_cpu_s\":%.3f,"
+        "\"server_cpu_us_per_cycle\":%.1f,\"server_busy\":%.3f,"
+        "\"loadgen_cpu_s\":%.3f,\"loadgen_busy\":%.3f,"
+        "\"loadgen_cpu_share\":%.3f,\"server_rss_kb_end\":%ld,\"drained\":%s}",
+        s->rate, s->wall_s, (unsigned long long)s->opened,
+        (unsigned long long)s->done, (unsigned long long)s->failed,
+        (unsigned long long)s->skipped,
+        s->wall_s > 0 ? (double)s->done / s->wall_s : 0, s->hs_p50, s->hs_p99,
+        s->hs_p999, s->cyc_p50, s->cyc_p99, s->server_cpu_s,
+        s->done ? s->server_cpu_s * 1e6 / (double)s->done : 0,
+        s->wall_s > 0 ? s->server_cpu_s / s->wall_s : 0, s->loadgen_cpu_s,
+        s->wall_s > 0 ? s->loadgen_cpu_s / s->wall_s : 0, srv_share,
+        s->rss_kb_end, s->drained ? "true" : "false");
     return;
   }
   double dps = s->wall_s > 0 ? (double)s->deliveries / s->wall_s : 0;
   double busy = s->wall_s > 0 ? s->server_cpu_s / s->wall_s : 0;
-  fprintf(out,
-          "{\"rate\":%g,\"events\":%llu,\"deliveries\":%llu,\"owed\":%llu,"
-          "\"wall_s\":%.3f,\"publish_s\":%.3f,\"events_per_s\":%.1f,"
-          "\"deliveries_per_s\":%.1f,\"server_cpu_s\":%.3f,\"server_sys_s\":%.3f,"
-          "\"server_busy\":%.3f,\"server_cpu_us_per_delivery\":%.3f,"
-          "\"server_core_share_per_100k_per_s\":%.4f,\"loadgen_cpu_s\":%.3f,"
-          "\"loadgen_busy\":%.3f,\"loadgen_cpu_share\":%.3f,"
-          "\"latency_us\":{\"p50\":%.1f,\"p90\":%.1f,\"p99\":%.1f,\"p999\":%.1f,"
-          "\"max\":%.1f},\"drained\":%s}",
-          s->rate, (unsigned long long)s->events, (unsigned long long)s->deliveries,
-          (unsigned long long)s->owed, s->wall_s, s->pub_s,
-          s->pub_s > 0 ? (double)s->events / s->pub_s : 0, dps, s->server_cpu_s,
-          s->server_sys_s, busy,
-          s->deliveries ? s->server_cpu_s * 1e6 / (double)s->deliveries : 0,
-          dps > 0 ? busy / (dps / 1e5) : 0, s->loadgen_cpu_s,
-          s->wall_s > 0 ? s->loadgen_cpu_s / s->wall_s : 0, srv_share, s->p50,
-          s->p90, s->p99, s->p999, s->max, s->drained ? "true" : "false");
+  fprintf(
+      out,
+      "{\"rate\":%g,\"events\":%llu,\"deliveries\":%llu,\"owed\":%llu,"
+      "\"wall_s\":%.3f,\"publish_s\":%.3f,\"events_per_s\":%.1f,"
+      "\"deliveries_per_s\":%.1f,\"server_cpu_s\":%.3f,\"server_sys_s\":%.3f,"
+      "\"server_busy\":%.3f,\"server_cpu_us_per_delivery\":%.3f,"
+      "\"server_core_share_per_100k_per_s\":%.4f,\"loadgen_cpu_s\":%.3f,"
+      "\"loadgen_busy\":%.3f,\"loadgen_cpu_share\":%.3f,"
+      "\"latency_us\":{\"p50\":%.1f,\"p90\":%.1f,\"p99\":%.1f,\"p999\":%.1f,"
+      "\"max\":%.1f},\"drained\":%s}",
+      s->rate, (unsigned long long)s->events, (unsigned long long)s->deliveries,
+      (unsigned long long)s->owed, s->wall_s, s->pub_s,
+      s->pub_s > 0 ? (double)s->events / s->pub_s : 0, dps, s->server_cpu_s,
+      s->server_sys_s, busy,
+      s->deliveries ? s->server_cpu_s * 1e6 / (double)s->deliveries : 0,
+      dps > 0 ? busy / (dps / 1e5) : 0, s->loadgen_cpu_s,
+      s->wall_s > 0 ? s->loadgen_cpu_s / s->wall_s : 0, srv_share, s->p50,
+      s->p90, s->p99, s->p999, s->max, s->drained ? "true" : "false");
 }
 
 static void usage(const char *argv0) {
-  fprintf(stderr,
-          "usage: %s --port P [--pub-port P] [--target moonwire|nchan|fastapi]\n"
-          "  [--host 127.0.0.1] [--subs N] [--events M]\n"
-          "  [--window W] [--rate EV_PER_S] [--ramp R] [--tenants K] [--pad BYTES]\n"
-          "  [--topic T] [--server-pid PID[,PID..]] [--aux-pid PID[,PID..]]\n"
-          "  [--deadline S] [--drain S] [--json FILE] [--quiet]\n"
-          "  [--rates R1,R2.. [--step-s S] [--step-drain S]] [--group G]\n"
-          "  [--overload 1]  (503/429 + Retry-After: pause, count, owe nothing)\n"
-          "  [--idle [--transport ws|sse] [--hold S]] [--settle-max S]\n"
-          "  [--churn-rates R1,R2.. [--step-s S] [--churn-pub-rate R]\n"
-          "   [--churn-max N]] [--src-addrs K]\n", argv0);
+  fprintf(
+      stderr,
+      "usage: %s --port P [--pub-port P] [--target moonwire|nchan|fastapi]\n"
+      "  [--host 127.0.0.1] [--subs N] [--events M]\n"
+      "  [--window W] [--rate EV_PER_S] [--ramp R] [--tenants K] [--pad "
+      "BYTES]\n"
+      "  [--topic T] [--server-pid PID[,PID..]] [--aux-pid PID[,PID..]]\n"
+      "  [--deadline S] [--drain S] [--json FILE] [--quiet]\n"
+      "  [--rates R1,R2.. [--step-s S] [--step-drain S]] [--group G]\n"
+      "  [--overload 1]  (503/429 + Retry-After: pause, count, owe nothing)\n"
+      "  [--idle [--transport ws|sse] [--hold S]] [--settle-max S]\n"
+      "  [--churn-rates R1,R2.. [--step-s S] [--churn-pub-rate R]\n"
+      "   [--churn-max N]] [--src-addrs K]\n",
+      argv0);
   exit(2);
 }
 
@@ -1359,62 +1400,102 @@ int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-    if (!strcmp(a, "--quiet")) { opt.quiet = 1; continue; }
-    if (!strcmp(a, "--idle")) { opt.mode = M_IDLE; continue; }
+    if (!strcmp(a, "--quiet")) {
+      opt.quiet = 1;
+      continue;
+    }
+    if (!strcmp(a, "--idle")) {
+      opt.mode = M_IDLE;
+      continue;
+    }
     if (!strcmp(a, "--help") || !v) usage(argv[0]);
     i++;
-    if (!strcmp(a, "--port")) opt.port = atoi(v);
-    else if (!strcmp(a, "--host")) opt.host = v;
-    else if (!strcmp(a, "--subs")) opt.subs = atoi(v);
-    else if (!strcmp(a, "--events")) opt.events = atoll(v);
-    else if (!strcmp(a, "--window")) opt.window = atoi(v);
-    else if (!strcmp(a, "--rate")) opt.rate = atof(v);
-    else if (!strcmp(a, "--ramp")) opt.ramp = atoi(v);
-    else if (!strcmp(a, "--tenants")) opt.tenants = atoi(v);
-    else if (!strcmp(a, "--overload")) opt.overload = atoi(v);
-    else if (!strcmp(a, "--pad")) opt.pad = atoi(v);
-    else if (!strcmp(a, "--topic")) opt.topic = v;
-    else if (!strcmp(a, "--server-pid")) n_server_pids = parse_pids(v, server_pids);
-    else if (!strcmp(a, "--aux-pid")) n_aux_pids = parse_pids(v, aux_pids);
-    else if (!strcmp(a, "--pub-port")) opt.pub_port = atoi(v);
+    if (!strcmp(a, "--port"))
+      opt.port = atoi(v);
+    else if (!strcmp(a, "--host"))
+      opt.host = v;
+    else if (!strcmp(a, "--subs"))
+      opt.subs = atoi(v);
+    else if (!strcmp(a, "--events"))
+      opt.events = atoll(v);
+    else if (!strcmp(a, "--window"))
+      opt.window = atoi(v);
+    else if (!strcmp(a, "--rate"))
+      opt.rate = atof(v);
+    else if (!strcmp(a, "--ramp"))
+      opt.ramp = atoi(v);
+    else if (!strcmp(a, "--tenants"))
+      opt.tenants = atoi(v);
+    else if (!strcmp(a, "--overload"))
+      opt.overload = atoi(v);
+    else if (!strcmp(a, "--pad"))
+      opt.pad = atoi(v);
+    else if (!strcmp(a, "--topic"))
+      opt.topic = v;
+    else if (!strcmp(a, "--server-pid"))
+      n_server_pids = parse_pids(v, server_pids);
+    else if (!strcmp(a, "--aux-pid"))
+      n_aux_pids = parse_pids(v, aux_pids);
+    else if (!strcmp(a, "--pub-port"))
+      opt.pub_port = atoi(v);
     else if (!strcmp(a, "--target")) {
-      if (!strcmp(v, "moonwire")) opt.target = T_MOONWIRE;
-      else if (!strcmp(v, "nchan")) opt.target = T_NCHAN;
-      else if (!strcmp(v, "fastapi")) opt.target = T_FASTAPI;
-      else usage(argv[0]);
-    }
-    else if (!strcmp(a, "--transport")) {
-      if (!strcmp(v, "ws")) opt.transport = TR_WS;
-      else if (!strcmp(v, "sse")) opt.transport = TR_SSE;
-      else usage(argv[0]);
-    }
-    else if (!strcmp(a, "--rates")) n_steps = parse_rates(v, steps_rate);
+      if (!strcmp(v, "moonwire"))
+        opt.target = T_MOONWIRE;
+      else if (!strcmp(v, "nchan"))
+        opt.target = T_NCHAN;
+      else if (!strcmp(v, "fastapi"))
+        opt.target = T_FASTAPI;
+      else
+        usage(argv[0]);
+    } else if (!strcmp(a, "--transport")) {
+      if (!strcmp(v, "ws"))
+        opt.transport = TR_WS;
+      else if (!strcmp(v, "sse"))
+        opt.transport = TR_SSE;
+      else
+        usage(argv[0]);
+    } else if (!strcmp(a, "--rates"))
+      n_steps = parse_rates(v, steps_rate);
     else if (!strcmp(a, "--churn-rates")) {
       n_steps = parse_rates(v, steps_rate);
       opt.mode = M_CHURN;
-    }
-    else if (!strcmp(a, "--step-s")) opt.step_s = atof(v);
-    else if (!strcmp(a, "--step-drain")) opt.step_drain_s = atof(v);
-    else if (!strcmp(a, "--group")) opt.group = atoi(v);
-    else if (!strcmp(a, "--hold")) opt.hold_s = atof(v);
-    else if (!strcmp(a, "--settle-max")) opt.settle_max_s = atof(v);
-    else if (!strcmp(a, "--src-addrs")) opt.src_addrs = atoi(v);
-    else if (!strcmp(a, "--churn-pub-rate")) opt.churn_pub_rate = atof(v);
-    else if (!strcmp(a, "--churn-max")) opt.churn_max = atoi(v);
-    else if (!strcmp(a, "--deadline")) opt.deadline_s = atof(v);
-    else if (!strcmp(a, "--drain")) opt.drain_s = atof(v);
-    else if (!strcmp(a, "--json")) opt.json_path = v;
-    else usage(argv[0]);
+    } else if (!strcmp(a, "--step-s"))
+      opt.step_s = atof(v);
+    else if (!strcmp(a, "--step-drain"))
+      opt.step_drain_s = atof(v);
+    else if (!strcmp(a, "--group"))
+      opt.group = atoi(v);
+    else if (!strcmp(a, "--hold"))
+      opt.hold_s = atof(v);
+    else if (!strcmp(a, "--settle-max"))
+      opt.settle_max_s = atof(v);
+    else if (!strcmp(a, "--src-addrs"))
+      opt.src_addrs = atoi(v);
+    else if (!strcmp(a, "--churn-pub-rate"))
+      opt.churn_pub_rate = atof(v);
+    else if (!strcmp(a, "--churn-max"))
+      opt.churn_max = atoi(v);
+    else if (!strcmp(a, "--deadline"))
+      opt.deadline_s = atof(v);
+    else if (!strcmp(a, "--drain"))
+      opt.drain_s = atof(v);
+    else if (!strcmp(a, "--json"))
+      opt.json_path = v;
+    else
+      usage(argv[0]);
   }
   if (opt.port <= 0 || opt.port > 65535) usage(argv[0]);
   if (!opt.pub_port) opt.pub_port = opt.port;
   if (opt.pub_port <= 0 || opt.pub_port > 65535) usage(argv[0]);
   if (opt.target != T_MOONWIRE && opt.tenants > 0)
-    die("--tenants is a moonwire policy feature (not with --target %s)", target_name());
-  if (opt.transport == TR_SSE && (opt.mode != M_IDLE || opt.target == T_FASTAPI))
+    die("--tenants is a moonwire policy feature (not with --target %s)",
+        target_name());
+  if (opt.transport == TR_SSE &&
+      (opt.mode != M_IDLE || opt.target == T_FASTAPI))
     die("--transport sse: idle subscribers only (--idle), moonwire or nchan");
   if (opt.group && (opt.mode != M_FANOUT || opt.tenants))
-    die("--group is a fan-out mode (not with --idle, --churn-rates, --tenants)");
+    die("--group is a fan-out mode (not with --idle, --churn-rates, "
+        "--tenants)");
   opt.server_pid = n_server_pids ? server_pids[0] : 0;
   if (opt.subs < 0 || opt.events < 0 || opt.window < 1 || opt.ramp < 1 ||
       opt.tenants < 0 || opt.pad < 0 || opt.pad > 4000 || opt.deadline_s <= 0 ||
@@ -1430,7 +1511,8 @@ int main(int argc, char **argv) {
   if (inet_pton(AF_INET, opt.host, &addr.sin_addr) != 1)
     die("--host must be an IPv4 address");
   if (opt.src_addrs > 1 && (ntohl(addr.sin_addr.s_addr) >> 24) != 127)
-    die("--src-addrs spreads over 127.0.0.x: --host must be a loopback address");
+    die("--src-addrs spreads over 127.0.0.x: --host must be a loopback "
+        "address");
   pub_addr = addr;
   pub_addr.sin_port = htons((uint16_t)opt.pub_port);
 
@@ -1517,10 +1599,12 @@ int main(int argc, char **argv) {
   }
   if (opt.mode != M_FANOUT) opt.events = 0;
   uint64_t planned = 0;
-  for (int64_t j = 0; j < opt.events; j++) planned += event_owed(j, 0);
+  for (int64_t j = 0; j < opt.events; j++)
+    planned += event_owed(j, 0);
   expected_total = planned;
   lat_cap = planned < MAX_SAMPLES ? planned : MAX_SAMPLES;
-  if (planned > MAX_SAMPLES) lat_stride = (planned + MAX_SAMPLES - 1) / MAX_SAMPLES;
+  if (planned > MAX_SAMPLES)
+    lat_stride = (planned + MAX_SAMPLES - 1) / MAX_SAMPLES;
   lat = xmalloc((lat_cap ? lat_cap : 1) * sizeof *lat);
   if (opt.overload && opt.events > 0) {
     acc_ns = calloc((size_t)opt.events, sizeof *acc_ns);
@@ -1542,16 +1626,21 @@ int main(int argc, char **argv) {
   /* Phase 1: subscribers, at most --ramp handshaking at once. */
   int next = 0;
   while (n_ready + n_failed_subs < n_conns) {
-    while (next < n_conns && n_connecting < opt.ramp) sub_start(&subs[next++]);
+    while (next < n_conns && n_connecting < opt.ramp)
+      sub_start(&subs[next++]);
     if (n_failed_subs) break;
-    if (now_ns() >= t_deadline) { deadline_hit = 1; break; }
+    if (now_ns() >= t_deadline) {
+      deadline_hit = 1;
+      break;
+    }
     pump_io(100);
   }
   /* nchan and fastapi: the upgrade answer does not say that the channel (or,
    * with Redis, the other node's subscription; fastapi: the room list) is in
    * place: wait until the publishing node counts every subscriber (of the
    * last group with --group). */
-  if (opt.target != T_MOONWIRE && !deadline_hit && n_ready == n_conns && n_conns) {
+  if (opt.target != T_MOONWIRE && !deadline_hit && n_ready == n_conns &&
+      n_conns) {
     char topic[300];
     long want = n_conns;
     if (opt.group) {
@@ -1562,11 +1651,13 @@ int main(int argc, char **argv) {
     }
     uint64_t until = now_ns() + 10000000000ull;
     long active = -1;
-    while ((active = peer_active_subscribers(topic)) < want && now_ns() < until) {
+    while ((active = peer_active_subscribers(topic)) < want &&
+           now_ns() < until) {
       pump_io(20);
     }
     if (active != want && !opt.quiet)
-      fprintf(stderr, "mw_loadgen: %s reports %ld active subscribers of %ld on %s\n",
+      fprintf(stderr,
+              "mw_loadgen: %s reports %ld active subscribers of %ld on %s\n",
               target_name(), active, want, topic);
     peer_subs_seen = active;
   }
@@ -1601,15 +1692,17 @@ int main(int argc, char **argv) {
     int ok = all_ready && st.ok;
     fprintf(out,
             "{\"bench\":\"idle\",\"target\":\"%s\",\"transport\":\"%s\","
-            "\"subscribers\":%d,\"subscribers_ready\":%d,\"peer_active_subscribers\":%ld,"
+            "\"subscribers\":%d,\"subscribers_ready\":%d,\"peer_active_"
+            "subscribers\":%ld,"
             "\"connect_s\":%.3f,\"settle_s\":%.2f,\"server_rss_kb_start\":%ld,"
             "\"server_rss_kb_ready\":%ld,\"server_rss_kb_settled\":%ld,"
             "\"server_rss_growth_kb\":%ld,\"bytes_per_connection\":%.0f,"
-            "\"server_cpu_s\":%.3f,\"loadgen_cpu_s\":%.3f,\"loadgen_cpu_share\":%.3f,"
+            "\"server_cpu_s\":%.3f,\"loadgen_cpu_s\":%.3f,\"loadgen_cpu_"
+            "share\":%.3f,"
             "\"ok\":%s,\"error\":",
-            target_name(), opt.transport == TR_SSE ? "sse" : "ws", opt.subs, n_ready,
-            peer_subs_seen, (double)(t_ready - t0) / 1e9, settle_s, srv_start.rss_kb,
-            srv_ready.rss_kb, st.rss_kb, grow,
+            target_name(), opt.transport == TR_SSE ? "sse" : "ws", opt.subs,
+            n_ready, peer_subs_seen, (double)(t_ready - t0) / 1e9, settle_s,
+            srv_start.rss_kb, srv_ready.rss_kb, st.rss_kb, grow,
             opt.subs ? (double)grow * 1024.0 / opt.subs : 0, srv_cpu, cpu_lg,
             cpu_lg + srv_cpu > 0 ? cpu_lg / (cpu_lg + srv_cpu) : 0,
             ok ? "true" : "false");
@@ -1618,13 +1711,16 @@ int main(int argc, char **argv) {
     if (out != stdout) fclose(out);
     if (!opt.quiet)
       fprintf(stderr,
-              "mw_loadgen: idle %d/%d %s: server RSS %ld -> %ld kB (+%.0f bytes per "
+              "mw_loadgen: idle %d/%d %s: server RSS %ld -> %ld kB (+%.0f "
+              "bytes per "
               "connection, settled in %.1f s); loadgen %.2f CPU-s\n",
               n_ready, opt.subs, opt.transport == TR_SSE ? "SSE" : "WebSocket",
               srv_start.rss_kb, st.rss_kb,
-              opt.subs ? (double)grow * 1024.0 / opt.subs : 0, settle_s, cpu_lg);
+              opt.subs ? (double)grow * 1024.0 / opt.subs : 0, settle_s,
+              cpu_lg);
     uint64_t hold_until = now_ns() + (uint64_t)(opt.hold_s * 1e9);
-    while (now_ns() < hold_until) pump_io(100);
+    while (now_ns() < hold_until)
+      pump_io(100);
     return ok ? 0 : 1;
   }
 
@@ -1694,8 +1790,10 @@ int main(int argc, char **argv) {
       r->cyc_p99 = seg_pct(cyc_lat.v, cy0, cyc_lat.n, 0.99);
       if (!opt.quiet)
         fprintf(stderr,
-                "mw_loadgen: churn %g/s: %llu cycles in %.2f s (%.0f/s), failed %llu, "
-                "skipped %llu; handshake p50 %.0f us p99 %.0f us; server %.2f CPU-s\n",
+                "mw_loadgen: churn %g/s: %llu cycles in %.2f s (%.0f/s), "
+                "failed %llu, "
+                "skipped %llu; handshake p50 %.0f us p99 %.0f us; server %.2f "
+                "CPU-s\n",
                 r->rate, (unsigned long long)r->done, r->wall_s,
                 r->wall_s > 0 ? (double)r->done / r->wall_s : 0,
                 (unsigned long long)r->failed, (unsigned long long)r->skipped,
@@ -1713,18 +1811,20 @@ int main(int argc, char **argv) {
     for (int i = 0; i < n_conns; i++)
       if (subs[i].state != ST_READY) steady_ok = 0;
     ok = ok && steady_ok && !churn_failed && steps_run == n_steps;
-    fprintf(out,
-            "{\"bench\":\"churn\",\"target\":\"%s\",\"subscribers\":%d,"
-            "\"subscribers_ready\":%d,\"steady_still_open\":%s,\"connect_s\":%.3f,"
-            "\"server_rss_kb_start\":%ld,\"server_rss_kb_baseline\":%ld,"
-            "\"server_rss_kb_after\":%ld,\"server_rss_after_minus_baseline_kb\":%ld,"
-            "\"settle_s\":%.2f,\"events_published\":%lld,\"publish_errors\":%lld,"
-            "\"loadgen_cpu_s\":%.3f,\"loadgen_cpu_connect_s\":%.3f,"
-            "\"steps_planned\":%d,\"steps\":[",
-            target_name(), opt.subs, n_ready, steady_ok ? "true" : "false",
-            (double)(t_ready - t0) / 1e9, srv_start.rss_kb, base.rss_kb, after.rss_kb,
-            after.rss_kb - base.rss_kb, settle2_s, (long long)pub_ok,
-            (long long)pub_err, cpu_lg, cpu_self_connect, n_steps);
+    fprintf(
+        out,
+        "{\"bench\":\"churn\",\"target\":\"%s\",\"subscribers\":%d,"
+        "\"subscribers_ready\":%d,\"steady_still_open\":%s,\"connect_s\":%.3f,"
+        "\"server_rss_kb_start\":%ld,\"server_rss_kb_baseline\":%ld,"
+        "\"server_rss_kb_after\":%ld,\"server_rss_after_minus_baseline_kb\":%"
+        "ld,"
+        "\"settle_s\":%.2f,\"events_published\":%lld,\"publish_errors\":%lld,"
+        "\"loadgen_cpu_s\":%.3f,\"loadgen_cpu_connect_s\":%.3f,"
+        "\"steps_planned\":%d,\"steps\":[",
+        target_name(), opt.subs, n_ready, steady_ok ? "true" : "false",
+        (double)(t_ready - t0) / 1e9, srv_start.rss_kb, base.rss_kb,
+        after.rss_kb, after.rss_kb - base.rss_kb, settle2_s, (long long)pub_ok,
+        (long long)pub_err, cpu_lg, cpu_self_connect, n_steps);
     for (int s = 0; s < steps_run; s++) {
       if (s) fputc(',', out);
       step_json(out, &steps[s]);
@@ -1734,7 +1834,9 @@ int main(int argc, char **argv) {
     fprintf(out, "}\n");
     if (out != stdout) fclose(out);
     if (!opt.quiet)
-      fprintf(stderr, "mw_loadgen: churn: server RSS baseline %ld kB, after %ld kB (%+ld)\n",
+      fprintf(stderr,
+              "mw_loadgen: churn: server RSS baseline %ld kB, after %ld kB "
+              "(%+ld)\n",
               base.rss_kb, after.rss_kb, after.rss_kb - base.rss_kb);
     return ok ? 0 : 1;
   }
@@ -1774,8 +1876,8 @@ int main(int argc, char **argv) {
         st_pub_end = now;
         st_drain_until = now + (uint64_t)(opt.step_drain_s * 1e9);
       }
-      int drained = step_draining && deliveries >= expected_queued &&
-                    answered == sent;
+      int drained =
+          step_draining && deliveries >= expected_queued && answered == sent;
       if (drained || (step_draining && now >= st_drain_until)) {
         step_rec_t *r = &steps[steps_run++];
         pstat_t p1 = procs_read(server_pids, n_server_pids);
@@ -1797,13 +1899,14 @@ int main(int argc, char **argv) {
         r->p999 = seg_pct(lat, st_lat0, nlat, 0.999);
         r->max = nlat > st_lat0 ? lat[nlat - 1] / 10.0 : 0;
         if (!opt.quiet)
-          fprintf(stderr,
-                  "mw_loadgen: step %g ev/s: %llu events, %llu/%llu deliveries in "
-                  "%.2f s (%.0f/s), p50 %.0f us p99 %.0f us, server %.2f CPU-s%s\n",
-                  r->rate, (unsigned long long)r->events,
-                  (unsigned long long)r->deliveries, (unsigned long long)r->owed,
-                  r->wall_s, r->wall_s > 0 ? (double)r->deliveries / r->wall_s : 0,
-                  r->p50, r->p99, r->server_cpu_s, drained ? "" : " [BEHIND]");
+          fprintf(
+              stderr,
+              "mw_loadgen: step %g ev/s: %llu events, %llu/%llu deliveries in "
+              "%.2f s (%.0f/s), p50 %.0f us p99 %.0f us, server %.2f CPU-s%s\n",
+              r->rate, (unsigned long long)r->events,
+              (unsigned long long)r->deliveries, (unsigned long long)r->owed,
+              r->wall_s, r->wall_s > 0 ? (double)r->deliveries / r->wall_s : 0,
+              r->p50, r->p99, r->server_cpu_s, drained ? "" : " [BEHIND]");
         cur++;
         step_draining = 0;
         if (!drained) {
@@ -1836,12 +1939,17 @@ int main(int argc, char **argv) {
       }
     }
     if (deliveries >= expected_total && answered == opt.events) break;
-    if (now >= t_deadline) { deadline_hit = 1; break; }
+    if (now >= t_deadline) {
+      deadline_hit = 1;
+      break;
+    }
     if (pub.fd < 0 && answered < opt.events) {
       if (!quiet_since) quiet_since = now;
     }
-    if ((answered == opt.events && (!n_steps || cur >= n_steps)) || pub.fd < 0) {
-      uint64_t ref = last_delivery_ns > t_pub_done ? last_delivery_ns : t_pub_done;
+    if ((answered == opt.events && (!n_steps || cur >= n_steps)) ||
+        pub.fd < 0) {
+      uint64_t ref =
+          last_delivery_ns > t_pub_done ? last_delivery_ns : t_pub_done;
       if (!ref) ref = quiet_since ? quiet_since : now;
       if (now - ref > (uint64_t)(opt.drain_s * 1e9)) break;
     }
@@ -1856,12 +1964,15 @@ int main(int argc, char **argv) {
     note_error("a server process (--server-pid) is gone");
     srv_end = srv_ready;
   }
-  double aux_cpu = aux_end.ok && aux_ready.ok ? aux_end.cpu_s - aux_ready.cpu_s : 0;
+  double aux_cpu =
+      aux_end.ok && aux_ready.ok ? aux_end.cpu_s - aux_ready.cpu_s : 0;
   if (deadline_hit)
-    note_error("%s: %llu of %llu deliveries had arrived",
-               stopped_behind ? "server behind (a step did not drain), stopped --drain s later"
-                              : "deadline",
-               (unsigned long long)deliveries, (unsigned long long)expected_total);
+    note_error(
+        "%s: %llu of %llu deliveries had arrived",
+        stopped_behind
+            ? "server behind (a step did not drain), stopped --drain s later"
+            : "deadline",
+        (unsigned long long)deliveries, (unsigned long long)expected_total);
 
   /* Tally. */
   uint64_t ok = 0, dups = 0, gaps = 0, seq_bad = 0, foreign = 0, loss = 0;
@@ -1878,71 +1989,72 @@ int main(int argc, char **argv) {
     loss += owed > c->ok ? owed - c->ok : 0;
     if (c->state != ST_READY) closed++;
   }
-  for (int i = 0; i < n_conns; i++) conn_close(&subs[i]);
+  for (int i = 0; i < n_conns; i++)
+    conn_close(&subs[i]);
   conn_close(&pub);
 
   qsort(lat, nlat, sizeof *lat, cmp_u32);
   if (n_acc_lat) qsort(acc_lat, n_acc_lat, sizeof *acc_lat, cmp_u32);
-#define ACC_PCT(q) (n_acc_lat ? acc_lat[(size_t)((double)(n_acc_lat - 1) * (q))] : 0u)
+#define ACC_PCT(q)                                                             \
+  (n_acc_lat ? acc_lat[(size_t)((double)(n_acc_lat - 1) * (q))] : 0u)
   uint64_t t_last = last_delivery_ns ? last_delivery_ns : t_end;
   double dur = t_pub_start ? (double)(t_last - t_pub_start) / 1e9 : 0;
-  double pub_dur = t_pub_start && t_pub_done ? (double)(t_pub_done - t_pub_start) / 1e9 : 0;
+  double pub_dur =
+      t_pub_start && t_pub_done ? (double)(t_pub_done - t_pub_start) / 1e9 : 0;
   double srv_cpu = srv_end.cpu_s - srv_ready.cpu_s;
   double srv_cpu_connect = srv_ready.cpu_s - srv_start.cpu_s;
   int complete = !deadline_hit && ok == expected_total && !dups && !seq_bad &&
                  !foreign && pub_ok + pub_refused == opt.events && !pub_err &&
-                 !pub_seq_bad &&
-                 n_ready == n_conns;
+                 !pub_seq_bad && n_ready == n_conns;
 #define PCT(q) seg_pct(lat, 0, nlat, q)
 
-  fprintf(out,
-          "{\"bench\":\"%s\",\"target\":\"%s\",\"port\":%d,"
-          "\"pub_port\":%d,\"server_pids\":%d,\"aux_cpu_s\":%.3f,"
-          "\"aux_cpu_us_per_delivery\":%.3f,\"publish_202\":%llu,"
-          "\"nchan_active_subscribers\":%ld,\"subscribers\":%d,\"connections\":%d,"
-          "\"subscribers_ready\":%d,\"group\":%d,"
-          "\"events\":%lld,\"window\":%d,\"rate\":%g,\"tenants\":%d,"
-          "\"data_bytes\":%d,\"published_ok\":%lld,\"publish_errors\":%lld,"
-          "\"publish_refused\":%lld,\"accepted_latency_us\":{\"p50\":%u,"
-          "\"p99\":%u,\"p999\":%u,\"max\":%u},"
-          "\"deliveries_expected\":%llu,\"deliveries_received\":%llu,"
-          "\"loss\":%llu,\"duplicates\":%llu,\"gaps\":%llu,\"seq_errors\":%llu,"
-          "\"publish_seq_errors\":%llu,\"foreign_tenant\":%llu,"
-          "\"subscribers_closed\":%d,"
-          "\"connect_s\":%.3f,\"publish_s\":%.3f,\"duration_s\":%.3f,"
-          "\"events_per_s\":%.1f,\"deliveries_per_s\":%.1f,"
-          "\"latency_us\":{\"samples\":%zu,\"p50\":%.1f,\"p90\":%.1f,"
-          "\"p99\":%.1f,\"p999\":%.1f,\"max\":%.1f},"
-          "\"server_pid\":%d,\"server_cpu_s\":%.3f,\"server_user_s\":%.3f,"
-          "\"server_sys_s\":%.3f,\"server_cpu_connect_s\":%.3f,"
-          "\"server_cpu_us_per_delivery\":%.3f,\"server_rss_kb_start\":%ld,"
-          "\"server_rss_kb_ready\":%ld,\"server_rss_kb_end\":%ld,"
-          "\"server_hwm_kb\":%ld,\"loadgen_cpu_s\":%.3f,"
-          "\"loadgen_cpu_share\":%.3f,\"loadgen_busy\":%.3f,"
-          "\"deadline_hit\":%s,\"ok\":%s,\"steps_planned\":%d,\"steps\":[",
-          n_steps ? "stepped" : "fanout", target_name(), opt.port, opt.pub_port,
-          n_server_pids, aux_cpu, ok ? aux_cpu * 1e6 / (double)ok : 0,
-          (unsigned long long)pub_no_subs, peer_subs_seen,
-          opt.subs, n_conns, n_ready, opt.group, (long long)opt.events, opt.window,
-          n_steps ? 0 : opt.rate,
-          opt.tenants, opt.pad, (long long)pub_ok, (long long)pub_err,
-          (long long)pub_refused, ACC_PCT(0.5), ACC_PCT(0.99), ACC_PCT(0.999),
-          n_acc_lat ? acc_lat[n_acc_lat - 1] : 0u,
-          (unsigned long long)expected_total, (unsigned long long)ok,
-          (unsigned long long)loss, (unsigned long long)dups,
-          (unsigned long long)gaps, (unsigned long long)seq_bad,
-          (unsigned long long)pub_seq_bad, (unsigned long long)foreign, closed,
-          (double)(t_ready - t0) / 1e9, pub_dur, dur,
-          pub_dur > 0 ? (double)pub_ok / pub_dur : 0,
-          dur > 0 ? (double)ok / dur : 0, nlat, PCT(0.5), PCT(0.9), PCT(0.99),
-          PCT(0.999), nlat ? lat[nlat - 1] / 10.0 : 0, opt.server_pid,
-          srv_cpu, srv_end.user_s - srv_ready.user_s,
-          srv_end.sys_s - srv_ready.sys_s, srv_cpu_connect, ok ? srv_cpu * 1e6 / (double)ok : 0,
-          srv_start.rss_kb, srv_ready.rss_kb, srv_end.rss_kb, srv_end.hwm_kb,
-          cpu_self,
-          cpu_self + srv_cpu > 0 ? cpu_self / (cpu_self + srv_cpu) : 0,
-          dur > 0 ? cpu_self / dur : 0,
-          deadline_hit ? "true" : "false", complete ? "true" : "false", n_steps);
+  fprintf(
+      out,
+      "{\"bench\":\"%s\",\"target\":\"%s\",\"port\":%d,"
+      "\"pub_port\":%d,\"server_pids\":%d,\"aux_cpu_s\":%.3f,"
+      "\"aux_cpu_us_per_delivery\":%.3f,\"publish_202\":%llu,"
+      "\"nchan_active_subscribers\":%ld,\"subscribers\":%d,\"connections\":%d,"
+      "\"subscribers_ready\":%d,\"group\":%d,"
+      "\"events\":%lld,\"window\":%d,\"rate\":%g,\"tenants\":%d,"
+      "\"data_bytes\":%d,\"published_ok\":%lld,\"publish_errors\":%lld,"
+      "\"publish_refused\":%lld,\"accepted_latency_us\":{\"p50\":%u,"
+      "\"p99\":%u,\"p999\":%u,\"max\":%u},"
+      "\"deliveries_expected\":%llu,\"deliveries_received\":%llu,"
+      "\"loss\":%llu,\"duplicates\":%llu,\"gaps\":%llu,\"seq_errors\":%llu,"
+      "\"publish_seq_errors\":%llu,\"foreign_tenant\":%llu,"
+      "\"subscribers_closed\":%d,"
+      "\"connect_s\":%.3f,\"publish_s\":%.3f,\"duration_s\":%.3f,"
+      "\"events_per_s\":%.1f,\"deliveries_per_s\":%.1f,"
+      "\"latency_us\":{\"samples\":%zu,\"p50\":%.1f,\"p90\":%.1f,"
+      "\"p99\":%.1f,\"p999\":%.1f,\"max\":%.1f},"
+      "\"server_pid\":%d,\"server_cpu_s\":%.3f,\"server_user_s\":%.3f,"
+      "\"server_sys_s\":%.3f,\"server_cpu_connect_s\":%.3f,"
+      "\"server_cpu_us_per_delivery\":%.3f,\"server_rss_kb_start\":%ld,"
+      "\"server_rss_kb_ready\":%ld,\"server_rss_kb_end\":%ld,"
+      "\"server_hwm_kb\":%ld,\"loadgen_cpu_s\":%.3f,"
+      "\"loadgen_cpu_share\":%.3f,\"loadgen_busy\":%.3f,"
+      "\"deadline_hit\":%s,\"ok\":%s,\"steps_planned\":%d,\"steps\":[",
+      n_steps ? "stepped" : "fanout", target_name(), opt.port, opt.pub_port,
+      n_server_pids, aux_cpu, ok ? aux_cpu * 1e6 / (double)ok : 0,
+      (unsigned long long)pub_no_subs, peer_subs_seen, opt.subs, n_conns,
+      n_ready, opt.group, (long long)opt.events, opt.window,
+      n_steps ? 0 : opt.rate, opt.tenants, opt.pad, (long long)pub_ok,
+      (long long)pub_err, (long long)pub_refused, ACC_PCT(0.5), ACC_PCT(0.99),
+      ACC_PCT(0.999), n_acc_lat ? acc_lat[n_acc_lat - 1] : 0u,
+      (unsigned long long)expected_total, (unsigned long long)ok,
+      (unsigned long long)loss, (unsigned long long)dups,
+      (unsigned long long)gaps, (unsigned long long)seq_bad,
+      (unsigned long long)pub_seq_bad, (unsigned long long)foreign, closed,
+      (double)(t_ready - t0) / 1e9, pub_dur, dur,
+      pub_dur > 0 ? (double)pub_ok / pub_dur : 0,
+      dur > 0 ? (double)ok / dur : 0, nlat, PCT(0.5), PCT(0.9), PCT(0.99),
+      PCT(0.999), nlat ? lat[nlat - 1] / 10.0 : 0, opt.server_pid, srv_cpu,
+      srv_end.user_s - srv_ready.user_s, srv_end.sys_s - srv_ready.sys_s,
+      srv_cpu_connect, ok ? srv_cpu * 1e6 / (double)ok : 0, srv_start.rss_kb,
+      srv_ready.rss_kb, srv_end.rss_kb, srv_end.hwm_kb, cpu_self,
+      cpu_self + srv_cpu > 0 ? cpu_self / (cpu_self + srv_cpu) : 0,
+      dur > 0 ? cpu_self / dur : 0, deadline_hit ? "true" : "false",
+      complete ? "true" : "false", n_steps);
   for (int s = 0; s < steps_run; s++) {
     if (s) fputc(',', out);
     step_json(out, &steps[s]);

@@ -45,8 +45,7 @@ static int api_allowed(mw_http_request_t *req) {
   if (given && strlen(given) == kl && CRYPTO_memcmp(given, key, kl) == 0)
     return 1;
   mw__metric_add(m_api_auth, 1);
-  mw__http_respond(req, 401, "application/json",
-                   "WWW-Authenticate: Bearer\r\n",
+  mw__http_respond(req, 401, "application/json", "WWW-Authenticate: Bearer\r\n",
                    "{\"error\":\"missing or wrong API key\"}",
                    sizeof "{\"error\":\"missing or wrong API key\"}" - 1);
   return 0;
@@ -226,8 +225,8 @@ static void api_broadcast(mw_http_request_t *req, void *unused) {
   }
   for (size_t i = 0; i < n; i++) {
     json_t *t = json_array_get(topics, i);
-    if (!json_is_string(t) || !mw__topic_valid(json_string_value(t),
-                                               json_string_length(t))) {
+    if (!json_is_string(t) ||
+        !mw__topic_valid(json_string_value(t), json_string_length(t))) {
       respond_error(req, 400, "topics: every topic must be a valid topic name");
       json_decref(root);
       return;
@@ -245,8 +244,8 @@ static void api_broadcast(mw_http_request_t *req, void *unused) {
     b->slots[i].index = i;
   }
   for (size_t i = 0; i < n; i++)
-    json_array_append_new(b->results,
-                          json_pack("{s:O}", "topic", json_array_get(topics, i)));
+    json_array_append_new(
+        b->results, json_pack("{s:O}", "topic", json_array_get(topics, i)));
   /* Callbacks may run synchronously and free b after the last one. */
   mw_worker_t *w = mw__http_worker(req);
   for (size_t i = 0; i < n; i++)
@@ -301,14 +300,14 @@ static void on_history(int status, mw_event_t *const *events, size_t n,
     return;
   }
   /* The events' JSON wire bytes, concatenated as they are: no re-encoding. */
-  json_t *head = json_pack("{s:s,s:s,s:I,s:b}", "topic",
-                           mw__http_query(req, "topic"), "epoch",
-                           epoch ? epoch : "", "seq", (json_int_t)top_seq,
-                           "complete", complete);
+  json_t *head = json_pack(
+      "{s:s,s:s,s:I,s:b}", "topic", mw__http_query(req, "topic"), "epoch",
+      epoch ? epoch : "", "seq", (json_int_t)top_seq, "complete", complete);
   char *h = json_dumps(head, JSON_COMPACT);
   json_decref(head);
   size_t hl = strlen(h), cap = hl + 16;
-  for (size_t i = 0; i < n; i++) cap += events[i]->wire[MW_WIRE_JSON].len + 1;
+  for (size_t i = 0; i < n; i++)
+    cap += events[i]->wire[MW_WIRE_JSON].len + 1;
   char *body = mw_xmalloc(cap), *p = body;
   memcpy(p, h, hl - 1); /* without the closing brace */
   p += hl - 1;
@@ -342,9 +341,8 @@ static void api_history(mw_http_request_t *req, void *unused) {
   }
   if (limit > max) limit = max;
   mw_worker_t *w = mw__http_worker(req);
-  int rc = mw__storage()->history(mw__storage_wstate(w), topic,
-                                  (uint64_t)since, (size_t)limit, on_history,
-                                  req);
+  int rc = mw__storage()->history(mw__storage_wstate(w), topic, (uint64_t)since,
+                                  (size_t)limit, on_history, req);
   if (rc) respond_error(req, mw__publish_http_status(rc), mw_strerror(rc));
 }
 
@@ -370,9 +368,8 @@ static void topics_answer(mw_worker_t *w, void *arg) {
   json_t *list = json_array();
   const char *k;
   json_t *v;
-  json_object_foreach(op->counts, k, v)
-    json_array_append_new(list, json_pack("{s:s,s:O}", "topic", k,
-                                          "subscribers", v));
+  json_object_foreach(op->counts, k, v) json_array_append_new(
+      list, json_pack("{s:s,s:O}", "topic", k, "subscribers", v));
   json_t *o = json_pack("{s:o,s:I}", "topics", list, "count",
                         (json_int_t)json_object_size(op->counts));
   char *text = json_dumps(o, JSON_COMPACT);
@@ -451,8 +448,8 @@ static void api_presence(mw_http_request_t *req, void *unused) {
     respond_error(req, 400, "expected ?topic=T");
     return;
   }
-  int rc = mw__presence_query(mw__http_worker(req), NULL, topic, on_presence,
-                              req);
+  int rc =
+      mw__presence_query(mw__http_worker(req), NULL, topic, on_presence, req);
   if (rc == MW_ENOTFOUND)
     respond_error(req, 501, "the storage keeps no presence");
   else if (rc)

@@ -120,7 +120,8 @@ static void pair_push(mw_policy_pair_t **arr, size_t *n, const char *name,
 /* "a=b; c=d" into pairs (at most 64). */
 static void parse_cookies(mw_client_request_t *r, const char *s) {
   while (s && *s && r->ncookies < 64) {
-    while (*s == ' ' || *s == ';') s++;
+    while (*s == ' ' || *s == ';')
+      s++;
     const char *end = strchr(s, ';');
     if (!end) end = s + strlen(s);
     const char *eq = memchr(s, '=', (size_t)(end - s));
@@ -211,8 +212,7 @@ int mw__client_connect(mw_client_t *c, const char *token, int *code) {
     int is_user = strcmp(which, "user") == 0;
     mw__metric_add(is_user ? m_rej_user : m_rej_tenant, 1);
     char reason[160];
-    snprintf(reason, sizeof reason, "too many connections for this %s",
-             which);
+    snprintf(reason, sizeof reason, "too many connections for this %s", which);
     mw__client_set_error(c, 429, reason);
     mw__policy_identity_free(p, &c->ident);
     if (code) *code = 429;

@@ -20,9 +20,9 @@ typedef enum { K_STR, K_INT, K_LIST } key_type_t;
 typedef struct known_key {
   const char *key;
   key_type_t type;
-  int flag;           /* settable as --key-with-dashes */
-  const char *later;  /* non-NULL: not available yet, and why */
-  const char *def;    /* default value, or NULL */
+  int flag;          /* settable as --key-with-dashes */
+  const char *later; /* non-NULL: not available yet, and why */
+  const char *def;   /* default value, or NULL */
   const char *help;
 } known_key_t;
 
@@ -211,8 +211,8 @@ static int flatten(lua_State *L, int idx, const char *prefix, mw_config_t *cfg,
       return fail(err, errlen, "%s: keys must be strings", origin);
     }
     char key[256];
-    snprintf(key, sizeof key, "%s%s%s", prefix ? prefix : "",
-             prefix ? "." : "", lua_tostring(L, -2));
+    snprintf(key, sizeof key, "%s%s%s", prefix ? prefix : "", prefix ? "." : "",
+             lua_tostring(L, -2));
     int rc = flatten_value(L, key, cfg, origin, err, errlen);
     lua_pop(L, 1);
     if (rc) {
@@ -235,7 +235,7 @@ static int load_file(mw_config_t *cfg, const char *path, char *err,
   }
   /* The chunk's environment: a few pure helpers and os.getenv only. */
   lua_newtable(L);
-  static const char *globals[] = {"string", "math", "table", "tostring",
+  static const char *globals[] = {"string",   "math",  "table",  "tostring",
                                   "tonumber", "pairs", "ipairs", "type"};
   for (size_t i = 0; i < sizeof globals / sizeof globals[0]; i++) {
     lua_getglobal(L, globals[i]);
@@ -380,8 +380,10 @@ int mw__config_load(mw_config_t *cfg, int argc, char **argv, char *err,
   if (resolve_listen(cfg, err, errlen)) return MW_CONFIG_EXIT_USAGE;
   /* Default: one loop per core the process may run on (SPEC §1). */
   unsigned cores = uv_available_parallelism();
-  int64_t workers =
-      mw__config_int(cfg, "workers", cores < 1 ? 1 : cores > 64 ? 64 : cores);
+  int64_t workers = mw__config_int(cfg, "workers",
+                                   cores < 1    ? 1
+                                   : cores > 64 ? 64
+                                                : cores);
   if (workers < 1 || workers > 64)
     return fail(err, errlen, "--workers: must be 1..64, got %lld",
                 (long long)workers);
@@ -393,13 +395,22 @@ int mw__config_load(mw_config_t *cfg, int argc, char **argv, char *err,
   if (strcmp(fmt, "text") && strcmp(fmt, "json"))
     return fail(err, errlen, "--log-format: expected text|json, got '%s'", fmt);
   cfg->log_json = !strcmp(fmt, "json");
-  static const char *positive[] = {
-      "history.size", "history.ttl", "limits.max_message_size",
-      "limits.max_body_size", "limits.max_header_size",
-      "limits.max_request_line", "limits.max_topics_per_connection",
-      "limits.outbound_queue", "limits.idle_timeout", "limits.ping_interval",
-      "drain_timeout", "limits.hook_budget_ms", "limits.lua_memory",
-      "redis_timeout_ms", "redis_max_pending", "redis_max_pending_bytes"};
+  static const char *positive[] = {"history.size",
+                                   "history.ttl",
+                                   "limits.max_message_size",
+                                   "limits.max_body_size",
+                                   "limits.max_header_size",
+                                   "limits.max_request_line",
+                                   "limits.max_topics_per_connection",
+                                   "limits.outbound_queue",
+                                   "limits.idle_timeout",
+                                   "limits.ping_interval",
+                                   "drain_timeout",
+                                   "limits.hook_budget_ms",
+                                   "limits.lua_memory",
+                                   "redis_timeout_ms",
+                                   "redis_max_pending",
+                                   "redis_max_pending_bytes"};
   for (size_t i = 0; i < sizeof positive / sizeof positive[0]; i++)
     if (mw__config_int(cfg, positive[i], 1) < 1)
       return fail(err, errlen, "'%s' must be a positive integer", positive[i]);

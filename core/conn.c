@@ -13,7 +13,8 @@
 
 static mw_metric_t *m_open, *m_bytes_out, *m_slow, *m_accept_errors,
     *m_rejected_max_conn, *m_dropped_slow, *m_dropped_closing;
-static _Atomic long total_conns; /* across workers, for limits.max_connections */
+static _Atomic long
+    total_conns; /* across workers, for limits.max_connections */
 
 void mw__conn_metrics_init(void) {
   m_open = mw__metric(MW_METRIC_GAUGE, "moonwire_tcp_connections",
@@ -24,14 +25,16 @@ void mw__conn_metrics_init(void) {
                       "Connections closed because their outbound queue "
                       "passed its cap",
                       NULL);
-  m_dropped_slow = mw__metric(MW_METRIC_COUNTER, "moonwire_events_dropped_total",
-                              "Events not published or not delivered, by reason",
-                              "reason=\"slow_consumer\"");
-  m_dropped_closing = mw__metric(MW_METRIC_COUNTER,
-                                 "moonwire_events_dropped_total", NULL,
-                                 "reason=\"connection_closing\"");
-  m_accept_errors = mw__metric(MW_METRIC_COUNTER, "moonwire_accept_errors_total",
-                               "Failed accepts", NULL);
+  m_dropped_slow =
+      mw__metric(MW_METRIC_COUNTER, "moonwire_events_dropped_total",
+                 "Events not published or not delivered, by reason",
+                 "reason=\"slow_consumer\"");
+  m_dropped_closing =
+      mw__metric(MW_METRIC_COUNTER, "moonwire_events_dropped_total", NULL,
+                 "reason=\"connection_closing\"");
+  m_accept_errors =
+      mw__metric(MW_METRIC_COUNTER, "moonwire_accept_errors_total",
+                 "Failed accepts", NULL);
   m_rejected_max_conn =
       mw__metric(MW_METRIC_COUNTER, "moonwire_rejected_total",
                  "Requests or connections rejected, by reason",
@@ -159,8 +162,8 @@ static void worker_conns_begin(mw_worker_t *w) {
   uv_timer_init(&w->loop, w->conn_timer);
   w->conn_timer->data = w;
   w->conn_timer_due = UINT64_MAX;
-  w->conn_cap = (size_t)mw__config_int(w->server->cfg, "limits.outbound_queue",
-                                       4 << 20);
+  w->conn_cap =
+      (size_t)mw__config_int(w->server->cfg, "limits.outbound_queue", 4 << 20);
 }
 
 /* The worker's last connection is gone: nothing keeps its loop alive. */
@@ -336,9 +339,12 @@ static void push_copy(mw_conn_t *c, const void *data, size_t len) {
 
 static const char *out_bytes(const mw_out_t *o) {
   switch (o->kind) {
-  case MW_OUT_K_OWNED: return o->u.owned;
-  case MW_OUT_K_SHARED: return o->u.shared.base;
-  default: return o->u.inline_buf;
+  case MW_OUT_K_OWNED:
+    return o->u.owned;
+  case MW_OUT_K_SHARED:
+    return o->u.shared.base;
+  default:
+    return o->u.inline_buf;
   }
 }
 

@@ -77,8 +77,8 @@ struct mw_conn {
   void *ud;
   /* HTTP mode (freed on the loop iteration after the take-over) */
   mw_http_state_t *http;
-  size_t queued;        /* bytes queued + in flight; the cap: worker */
-  char remote[40];      /* the longest inet_ntop text of an IPv6 address */
+  size_t queued;   /* bytes queued + in flight; the cap: worker */
+  char remote[40]; /* the longest inet_ntop text of an IPv6 address */
   mw_out_t qin[MW_OUT_SLOTS];
 };
 

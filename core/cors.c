@@ -31,10 +31,12 @@ static int is_local(const char *authority) {
 static int in_list(const char *list, const char *origin) {
   size_t ol = strlen(origin);
   for (const char *p = list; *p;) {
-    while (*p == ' ' || *p == ',') p++;
+    while (*p == ' ' || *p == ',')
+      p++;
     const char *end = strchr(p, ',');
     size_t n = end ? (size_t)(end - p) : strlen(p);
-    while (n && p[n - 1] == ' ') n--;
+    while (n && p[n - 1] == ' ')
+      n--;
     if ((n == 1 && *p == '*') || (n == ol && strncasecmp(p, origin, n) == 0))
       return 1;
     p += n;
@@ -43,8 +45,7 @@ static int in_list(const char *list, const char *origin) {
 }
 
 static int origin_allowed(const mw_http_request_t *req, const char *origin) {
-  const char *list =
-      mw__config_string(mw__server()->cfg, "cors.origins", NULL);
+  const char *list = mw__config_string(mw__server()->cfg, "cors.origins", NULL);
   if (list && *list) return in_list(list, origin);
   const char *auth = origin_authority(origin);
   const char *host = mw__http_header(req, "host");

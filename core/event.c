@@ -214,8 +214,7 @@ void mw_event_unref(mw_event_t **evp) {
   event_impl_t *e = (event_impl_t *)*evp;
   *evp = NULL;
   if (!e) return;
-  if (atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) != 1)
-    return;
+  if (atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) != 1) return;
   json_decref(e->data);
   free(e->topic);
   free(e->name);

@@ -78,11 +78,11 @@ struct mw_http_request {
 struct mw_http_state {
   llhttp_t parser;
   mw_conn_t *conn;
-  mw_http_request_t *req;        /* being received */
+  mw_http_request_t *req;         /* being received */
   mw_http_request_t *head, *tail; /* outstanding, in request order */
-  size_t nout;                   /* outstanding requests */
-  size_t out_bytes;              /* their costs (requests, held answers) */
-  size_t max_ahead;              /* out_bytes past which parsing waits */
+  size_t nout;                    /* outstanding requests */
+  size_t out_bytes;               /* their costs (requests, held answers) */
+  size_t max_ahead;               /* out_bytes past which parsing waits */
   char *field, *value;
   size_t field_len, value_len;
   int in_value;
@@ -97,32 +97,49 @@ struct mw_http_state {
   uint64_t idle_ms;
 };
 
-static mw_metric_t *m_rej_400, *m_rej_413, *m_rej_414, *m_rej_431,
-    *m_requests;
+static mw_metric_t *m_rej_400, *m_rej_413, *m_rej_414, *m_rej_431, *m_requests;
 static llhttp_settings_t settings;
 
 /* --- small helpers ------------------------------------------------------ */
 
 const char *mw__http_status_text(int status) {
   switch (status) {
-  case 101: return "Switching Protocols";
-  case 200: return "OK";
-  case 204: return "No Content";
-  case 400: return "Bad Request";
-  case 401: return "Unauthorized";
-  case 403: return "Forbidden";
-  case 404: return "Not Found";
-  case 405: return "Method Not Allowed";
-  case 408: return "Request Timeout";
-  case 413: return "Payload Too Large";
-  case 414: return "URI Too Long";
-  case 426: return "Upgrade Required";
-  case 429: return "Too Many Requests";
-  case 431: return "Request Header Fields Too Large";
-  case 500: return "Internal Server Error";
-  case 501: return "Not Implemented";
-  case 503: return "Service Unavailable";
-  default: return "Unknown";
+  case 101:
+    return "Switching Protocols";
+  case 200:
+    return "OK";
+  case 204:
+    return "No Content";
+  case 400:
+    return "Bad Request";
+  case 401:
+    return "Unauthorized";
+  case 403:
+    return "Forbidden";
+  case 404:
+    return "Not Found";
+  case 405:
+    return "Method Not Allowed";
+  case 408:
+    return "Request Timeout";
+  case 413:
+    return "Payload Too Large";
+  case 414:
+    return "URI Too Long";
+  case 426:
+    return "Upgrade Required";
+  case 429:
+    return "Too Many Requests";
+  case 431:
+    return "Request Header Fields Too Large";
+  case 500:
+    return "Internal Server Error";
+  case 501:
+    return "Not Implemented";
+  case 503:
+    return "Service Unavailable";
+  default:
+    return "Unknown";
   }
 }
 
@@ -222,7 +239,8 @@ static int commit_header(mw_http_state_t *st) {
   kv_t *h = &r->headers[r->nheaders++];
   h->name = st->field ? st->field : mw_xstrdup("");
   h->value = st->value ? st->value : mw_xstrdup("");
-  for (char *c = h->name; *c; c++) *c = (char)tolower((unsigned char)*c);
+  for (char *c = h->name; *c; c++)
+    *c = (char)tolower((unsigned char)*c);
   st->field = st->value = NULL;
   st->field_len = st->value_len = 0;
   st->in_value = 0;
@@ -321,7 +339,8 @@ void mw__http_start(mw_conn_t *c) {
   const mw_config_t *cfg = c->worker->server->cfg;
   st->conn = c;
   st->max_line = (size_t)mw__config_int(cfg, "limits.max_request_line", 8192);
-  st->max_headers = (size_t)mw__config_int(cfg, "limits.max_header_size", 16384);
+  st->max_headers =
+      (size_t)mw__config_int(cfg, "limits.max_header_size", 16384);
   st->max_body = (size_t)mw__config_int(cfg, "limits.max_body_size", 1 << 20);
   st->max_ahead = st->max_line + st->max_headers + st->max_body;
   st->idle_ms = (uint64_t)mw__config_int(cfg, "limits.idle_timeout", 60) * 1000;
@@ -425,8 +444,8 @@ static void dispatch(mw_http_request_t *r) {
       mw__http_respond_json(r, 404, "{\"error\":\"not found\"}");
     return;
   }
-  void *wstate = route->plugin ? mw__server_wstate(r->worker, route->plugin)
-                               : NULL;
+  void *wstate =
+      route->plugin ? mw__server_wstate(r->worker, route->plugin) : NULL;
   route->fn(r, wstate);
 }
 
@@ -434,8 +453,8 @@ static void dispatch(mw_http_request_t *r) {
  * connection stays open. While draining, the last outstanding answer says
  * Connection: close. */
 static int write_answer(mw_http_state_t *st, mw_http_request_t *r, int status,
-                        const char *ctype, const char *extra,
-                        const char *body, size_t len) {
+                        const char *ctype, const char *extra, const char *body,
+                        size_t len) {
   mw_conn_t *c = st->conn;
   int keep = r->keep_alive && !(c->worker->draining && !r->next);
   write_response(c, status, ctype, extra, body, len, keep,
@@ -455,9 +474,8 @@ static void advance(mw_http_state_t *st) {
   while (st->head && !c->closing && c->mode == MW_CONN_HTTP) {
     mw_http_request_t *r = st->head;
     if (r->answered) {
-      if (!write_answer(st, r, r->held_status, r->held,
-                        r->held + r->held_extra, r->held + r->held_body,
-                        r->held_len)) {
+      if (!write_answer(st, r, r->held_status, r->held, r->held + r->held_extra,
+                        r->held + r->held_body, r->held_len)) {
         mw__conn_close(c);
         break;
       }
@@ -475,10 +493,18 @@ static void advance(mw_http_state_t *st) {
 static void fail_parse(mw_http_state_t *st, llhttp_errno_t err) {
   int status = st->error_status ? st->error_status : 400;
   switch (status) {
-  case 413: mw__metric_add(m_rej_413, 1); break;
-  case 414: mw__metric_add(m_rej_414, 1); break;
-  case 431: mw__metric_add(m_rej_431, 1); break;
-  default: mw__metric_add(m_rej_400, 1); break;
+  case 413:
+    mw__metric_add(m_rej_413, 1);
+    break;
+  case 414:
+    mw__metric_add(m_rej_414, 1);
+    break;
+  case 431:
+    mw__metric_add(m_rej_431, 1);
+    break;
+  default:
+    mw__metric_add(m_rej_400, 1);
+    break;
   }
   mw_log(MW_LOG_DEBUG, "http", "%s: rejected with %d (%s)", st->conn->remote,
          status, status == 400 ? llhttp_errno_name(err) : "limit");
@@ -723,8 +749,10 @@ mw_conn_t *mw__http_take(mw_http_request_t *r, const char *head,
     /* Only the sole outstanding request may take the connection (barriers
      * are dispatched that way); anything else is a handler's mistake. */
     if (!c->closing)
-      mw_log(MW_LOG_ERROR, "http", "%s: %s %s tried to take a connection "
-             "with other requests outstanding", c->remote, r->method, r->path);
+      mw_log(MW_LOG_ERROR, "http",
+             "%s: %s %s tried to take a connection "
+             "with other requests outstanding",
+             c->remote, r->method, r->path);
     mw__http_respond_json(r, 500, "{\"error\":\"cannot take over\"}");
     return NULL;
   }
@@ -771,8 +799,8 @@ static int hexval(int ch) {
 static char *url_decode(const char *s, size_t n) {
   char *out = mw_xmalloc(n + 1), *o = out;
   for (size_t i = 0; i < n; i++) {
-    if (s[i] == '%' && i + 2 < n &&
-        hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
+    if (s[i] == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 &&
+        hexval(s[i + 2]) >= 0) {
       *o++ = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
       i += 2;
     } else if (s[i] == '+') {
@@ -798,8 +826,8 @@ static void parse_query(mw_http_request_t *r) {
       r->query = mw_xrealloc(r->query, (r->nquery + 1) * sizeof *r->query);
       kv_t *kv = &r->query[r->nquery++];
       kv->name = url_decode(p, (size_t)((eq ? eq : stop) - p));
-      kv->value = eq ? url_decode(eq + 1, (size_t)(stop - eq - 1))
-                     : mw_xstrdup("");
+      kv->value =
+          eq ? url_decode(eq + 1, (size_t)(stop - eq - 1)) : mw_xstrdup("");
     }
     p = stop + 1;
   }

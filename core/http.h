@@ -48,8 +48,8 @@ const char *mw__http_query(const mw_http_request_t *req, const char *name);
  * pair, or 0 past the end. */
 int mw__http_header_at(const mw_http_request_t *req, size_t i,
                        const char **name, const char **value);
-int mw__http_query_at(const mw_http_request_t *req, size_t i,
-                      const char **name, const char **value);
+int mw__http_query_at(const mw_http_request_t *req, size_t i, const char **name,
+                      const char **value);
 const char *mw__http_remote_addr(const mw_http_request_t *req);
 mw_worker_t *mw__http_worker(const mw_http_request_t *req);
 mw_bytes_t mw__http_body(const mw_http_request_t *req);

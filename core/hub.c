@@ -28,11 +28,11 @@ typedef struct mw_topic {
 struct mw_sub {
   mw_topic_t *topic;
   mw_client_t *client;
-  mw_sub_t *tprev, *tnext; /* in the topic's list */
-  mw_sub_t *cprev, *cnext; /* in the client's list */
-  int presence_events;     /* join/leave events are sent for this one */
-  uint64_t last_seq;       /* the newest seq delivered (or skipped) */
-  char epoch[40];          /* the epoch last_seq belongs to ("" unknown) */
+  mw_sub_t *tprev, *tnext;   /* in the topic's list */
+  mw_sub_t *cprev, *cnext;   /* in the client's list */
+  int presence_events;       /* join/leave events are sent for this one */
+  uint64_t last_seq;         /* the newest seq delivered (or skipped) */
+  char epoch[40];            /* the epoch last_seq belongs to ("" unknown) */
   struct recovery *recovery; /* while history is replayed: live events wait */
 };
 
@@ -40,17 +40,17 @@ struct mw_sub {
  * history read answers, so the client sees missed events, then live ones,
  * in seq order without gap or duplicate. */
 typedef struct recovery {
-  mw_sub_t *sub;       /* NULL once the subscription went away */
+  mw_sub_t *sub; /* NULL once the subscription went away */
   char *topic;
   uint64_t since;
   char want_epoch[40]; /* "" : any */
   mw_event_t **held;
   size_t nheld, capheld;
-  int overflow;        /* too many held: the replay cannot be complete */
+  int overflow; /* too many held: the replay cannot be complete */
   mw_recover_cb cb;
   void *ud;
-  int status, recovered;    /* the history answer */
-  mw_event_t **events;      /* its events, replayed on the next turn */
+  int status, recovered; /* the history answer */
+  mw_event_t **events;   /* its events, replayed on the next turn */
   size_t nevents;
 } recovery_t;
 
@@ -91,17 +91,17 @@ void mw__hub_metrics_init(void) {
                       "Active subscriptions", NULL);
   m_delivered = mw__metric(MW_METRIC_COUNTER, "moonwire_events_delivered_total",
                            "Events handed to subscribers' transports", NULL);
-  m_published_local = mw__metric(MW_METRIC_COUNTER,
-                                 "moonwire_events_fanned_out_total",
-                                 "Events fanned out to a worker's hub", NULL);
+  m_published_local =
+      mw__metric(MW_METRIC_COUNTER, "moonwire_events_fanned_out_total",
+                 "Events fanned out to a worker's hub", NULL);
   m_drop_tenant = mw__metric(MW_METRIC_COUNTER, "moonwire_events_dropped_total",
                              "Events not published or not delivered, by reason",
                              "reason=\"tenant_isolation\"");
   m_drop_policy = mw__metric(MW_METRIC_COUNTER, "moonwire_events_dropped_total",
                              NULL, "reason=\"policy\"");
-  m_drop_policy_error = mw__metric(MW_METRIC_COUNTER,
-                                   "moonwire_events_dropped_total", NULL,
-                                   "reason=\"policy_error\"");
+  m_drop_policy_error =
+      mw__metric(MW_METRIC_COUNTER, "moonwire_events_dropped_total", NULL,
+                 "reason=\"policy_error\"");
   m_rej_tenant_topic = mw__metric(MW_METRIC_COUNTER, "moonwire_rejected_total",
                                   "Requests or connections rejected, by reason",
                                   "reason=\"tenant_topic\"");
@@ -205,8 +205,7 @@ static void presence_event(mw_client_t *c, const char *topic,
     json_object_set_new(data, "tenant_id", json_string(c->ident.tenant_id));
   mw_event_t *ev = mw__event_ephemeral("presence", topic, kind, data);
   const mw_storage_v1_t *st = mw__storage();
-  if (!st->broadcast ||
-      st->broadcast(mw__storage_wstate(c->worker), ev) != 0)
+  if (!st->broadcast || st->broadcast(mw__storage_wstate(c->worker), ev) != 0)
     mw__server_fanout(ev); /* at least this node */
   mw_event_unref(&ev);
 }
@@ -237,17 +236,17 @@ typedef struct presence_query {
   char *topic;
 } presence_query_t;
 
-static void on_presence_list(int status, const mw_presence_entry_t *e,
-                             size_t n, void *ud) {
+static void on_presence_list(int status, const mw_presence_entry_t *e, size_t n,
+                             void *ud) {
   presence_query_t *q = ud;
   if (status) {
     q->cb(status, NULL, q->ud);
   } else {
     json_t *users = json_array(), *conns = json_array(), *seen = json_object();
     for (size_t i = 0; i < n; i++) {
-      json_array_append_new(conns, json_pack("{s:s,s:s}", "client_id",
-                                             e[i].client_id, "user_id",
-                                             e[i].user_id));
+      json_array_append_new(conns,
+                            json_pack("{s:s,s:s}", "client_id", e[i].client_id,
+                                      "user_id", e[i].user_id));
       if (e[i].user_id[0] && !json_object_get(seen, e[i].user_id)) {
         json_object_set_new(seen, e[i].user_id, json_true());
         json_array_append_new(users, json_string(e[i].user_id));
@@ -292,8 +291,7 @@ void mw__hub_presence_refresh(mw_hub_t *hub) {
   for (mw_topic_t *t = hub->topics; t; t = t->hh.next)
     for (mw_sub_t *s = t->subs; s; s = s->tnext)
       st->presence_add(ws, t->name, s->client->id,
-                       s->client->ident.user_id ? s->client->ident.user_id
-                                                : "",
+                       s->client->ident.user_id ? s->client->ident.user_id : "",
                        ttl);
 }
 
@@ -303,16 +301,23 @@ static void sub_remove(mw_sub_t *s) {
   mw_topic_t *t = s->topic;
   mw_client_t *c = s->client;
   mw_hub_t *hub = c->worker->hub;
-  if (s->tprev) s->tprev->tnext = s->tnext; else t->subs = s->tnext;
+  if (s->tprev)
+    s->tprev->tnext = s->tnext;
+  else
+    t->subs = s->tnext;
   if (s->tnext) s->tnext->tprev = s->tprev;
-  if (s->cprev) s->cprev->cnext = s->cnext; else c->subs = s->cnext;
+  if (s->cprev)
+    s->cprev->cnext = s->cnext;
+  else
+    c->subs = s->cnext;
   if (s->cnext) s->cnext->cprev = s->cprev;
   t->nsubs--;
   c->nsubs--;
   mw__metric_add(m_subs, -1);
   if (t->nsubs == 0) {
     const mw_storage_v1_t *st = mw__server() ? mw__storage() : NULL;
-    if (st && st->interest) st->interest(mw__storage_wstate(hub->worker), t->name, 0);
+    if (st && st->interest)
+      st->interest(mw__storage_wstate(hub->worker), t->name, 0);
     HASH_DEL(hub->topics, t);
     hub->ntopics--;
     mw__metric_add(m_topics, -1);
@@ -323,7 +328,8 @@ static void sub_remove(mw_sub_t *s) {
 }
 
 void mw__hub_client_detach(mw_client_t *c) {
-  while (c->subs) sub_remove(c->subs);
+  while (c->subs)
+    sub_remove(c->subs);
 }
 
 static mw_sub_t *find_sub(mw_client_t *c, const char *topic) {
@@ -377,7 +383,8 @@ int mw__subscribe(mw_client_t *c, const char *topic) {
     hub->ntopics++;
     mw__metric_add(m_topics, 1);
     const mw_storage_v1_t *st = mw__server() ? mw__storage() : NULL;
-    if (st && st->interest) st->interest(mw__storage_wstate(c->worker), t->name, 1);
+    if (st && st->interest)
+      st->interest(mw__storage_wstate(c->worker), t->name, 1);
   }
   mw_sub_t *s = mw_xcalloc(1, sizeof *s);
   s->topic = t;
@@ -543,9 +550,11 @@ void mw__hub_deliver(mw_hub_t *hub, mw_event_t *ev) {
 
 static void recovery_free(recovery_t *r) {
   free(r->topic);
-  for (size_t i = 0; i < r->nevents; i++) mw_event_unref(&r->events[i]);
+  for (size_t i = 0; i < r->nevents; i++)
+    mw_event_unref(&r->events[i]);
   free(r->events);
-  for (size_t i = 0; i < r->nheld; i++) mw_event_unref(&r->held[i]);
+  for (size_t i = 0; i < r->nheld; i++)
+    mw_event_unref(&r->held[i]);
   free(r->held);
   free(r);
 }
@@ -572,7 +581,8 @@ static void replay_task(mw_worker_t *w, void *arg) {
     if (r->status == 0 && r->recovered)
       for (size_t i = 0; i < r->nevents; i++)
         replay_one(w->hub, s, r->events[i], &st);
-    for (size_t i = 0; i < r->nheld; i++) replay_one(w->hub, s, r->held[i], &st);
+    for (size_t i = 0; i < r->nheld; i++)
+      replay_one(w->hub, s, r->held[i], &st);
   }
   recovery_free(r);
 }
@@ -612,7 +622,8 @@ static void on_history(int status, mw_event_t *const *events, size_t n,
   r->recovered = recovered;
   r->status = status;
   r->events = mw_xcalloc(n ? n : 1, sizeof *r->events);
-  for (size_t i = 0; i < n; i++) r->events[r->nevents++] = mw_event_ref(events[i]);
+  for (size_t i = 0; i < n; i++)
+    r->events[r->nevents++] = mw_event_ref(events[i]);
   if (r->cb)
     r->cb(status, s->topic->name, recovered, status ? 0 : top_seq,
           status ? NULL : cur_epoch, r->ud);

@@ -47,9 +47,9 @@ void mw_log(int level, const char *subsystem, const char *fmt, ...) {
   char line[2600];
   int len;
   if (log_json) {
-    json_t *o = json_pack("{s:s,s:s,s:s,s:s}", "ts", ts, "level",
-                          level_names[level], "subsystem", subsystem, "msg",
-                          msg);
+    json_t *o =
+        json_pack("{s:s,s:s,s:s,s:s}", "ts", ts, "level", level_names[level],
+                  "subsystem", subsystem, "msg", msg);
     char *text = o ? json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
     len = snprintf(line, sizeof line, "%s\n", text ? text : "{}");
     free(text);

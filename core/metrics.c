@@ -62,15 +62,13 @@ void mw__metric_add(mw_metric_t *m, int64_t delta) {
 }
 
 int64_t mw__metric_value(const mw_metric_t *m) {
-  return atomic_load_explicit(&((mw_metric_t *)m)->value,
-                              memory_order_relaxed);
+  return atomic_load_explicit(&((mw_metric_t *)m)->value, memory_order_relaxed);
 }
 
-static void append(char **buf, size_t *len, size_t *cap, const char *fmt,
-                   ...) __attribute__((format(printf, 4, 5)));
+static void append(char **buf, size_t *len, size_t *cap, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
-static void append(char **buf, size_t *len, size_t *cap, const char *fmt,
-                   ...) {
+static void append(char **buf, size_t *len, size_t *cap, const char *fmt, ...) {
   for (;;) {
     va_list ap;
     va_start(ap, fmt);

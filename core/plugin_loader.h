@@ -10,12 +10,12 @@
 /* One loaded plugin. `def` is a zero-filled copy of the plugin's struct, of
  * which only struct_size bytes were read. */
 struct mw_plugin_handle {
-  char *path;          /* owned */
-  void *dl;            /* dlopen handle */
-  mw_plugin_v1_t def;  /* copy, fields past struct_size zeroed */
-  void *state;         /* from init */
-  void **wstates;      /* per worker, from worker_start (worker_count slots) */
-  int initialized;     /* init returned 0 */
+  char *path;         /* owned */
+  void *dl;           /* dlopen handle */
+  mw_plugin_v1_t def; /* copy, fields past struct_size zeroed */
+  void *state;        /* from init */
+  void **wstates;     /* per worker, from worker_start (worker_count slots) */
+  int initialized;    /* init returned 0 */
 };
 
 typedef struct mw_plugin_list {

@@ -114,8 +114,8 @@ typedef struct pstate {
   /* on_deliver: the event whose Lua table is cached (a reference is held,
    * so the pointer cannot be reused while cached), and its results. */
   mw_event_t *ev;
-  int ev_ref;     /* the view (a proxy); LUA_NOREF: build it first */
-  int arrays_ref; /* Lua list of the view's arrays, or LUA_NOREF */
+  int ev_ref;             /* the view (a proxy); LUA_NOREF: build it first */
+  int arrays_ref;         /* Lua list of the view's arrays, or LUA_NOREF */
   const json_t **jarrays; /* ... and their JSON (borrowed from ev) */
   size_t narrays, caparrays;
   outent_t *outs;
@@ -563,8 +563,7 @@ static void build_env(lua_State *L, pstate_t *s) {
   lua_getglobal(L, "os");
   lua_createtable(L, 0, 4);
   /* os.getenv lets scripts read secrets (JWT keys) from the environment. */
-  static const char *const os_fns[] = {"time", "clock", "date", "getenv",
-                                       NULL};
+  static const char *const os_fns[] = {"time", "clock", "date", "getenv", NULL};
   for (int i = 0; os_fns[i]; i++) {
     lua_getfield(L, -2, os_fns[i]);
     lua_setfield(L, -2, os_fns[i]);

@@ -22,23 +22,24 @@ typedef struct mw_policy mw_policy_t;
 /* Execution status of one hook call. */
 typedef enum mw_policy_status {
   MW_POLICY_OK = 0,
-  MW_POLICY_ERROR = 1,      /* the script raised an error */
-  MW_POLICY_TIMEOUT = 2,    /* the time budget ran out */
-  MW_POLICY_NOMEM = 3,      /* the state's memory cap was reached */
-  MW_POLICY_BADRETURN = 4   /* a return value of the wrong type or shape */
+  MW_POLICY_ERROR = 1,    /* the script raised an error */
+  MW_POLICY_TIMEOUT = 2,  /* the time budget ran out */
+  MW_POLICY_NOMEM = 3,    /* the state's memory cap was reached */
+  MW_POLICY_BADRETURN = 4 /* a return value of the wrong type or shape */
 } mw_policy_status_t;
 
 /* What the script decided. */
 typedef enum mw_policy_verdict {
-  MW_VERDICT_ALLOW = 0,   /* connect/subscribe allowed; publish/deliver unchanged */
-  MW_VERDICT_DENY = 1,    /* connect/subscribe/publish refused (code, reason) */
-  MW_VERDICT_DROP = 2,    /* deliver: this recipient does not get the event */
-  MW_VERDICT_CHANGED = 3  /* publish/deliver: a changed event (see out) */
+  MW_VERDICT_ALLOW =
+      0, /* connect/subscribe allowed; publish/deliver unchanged */
+  MW_VERDICT_DENY = 1,   /* connect/subscribe/publish refused (code, reason) */
+  MW_VERDICT_DROP = 2,   /* deliver: this recipient does not get the event */
+  MW_VERDICT_CHANGED = 3 /* publish/deliver: a changed event (see out) */
 } mw_policy_verdict_t;
 
 typedef struct mw_policy_limits {
-  uint64_t budget_ms;   /* wall-clock budget per hook call (default 50) */
-  size_t memory_bytes;  /* memory cap of the state (default 64 MiB) */
+  uint64_t budget_ms;  /* wall-clock budget per hook call (default 50) */
+  size_t memory_bytes; /* memory cap of the state (default 64 MiB) */
 } mw_policy_limits_t;
 
 /* A name/value pair handed to on_connect (headers lower-cased). */
@@ -49,7 +50,7 @@ typedef struct mw_policy_pair {
 
 /* The request of on_connect(req). All strings borrowed for the call. */
 typedef struct mw_policy_connect_req {
-  const char *transport;   /* "websocket", "sse", "longpoll" */
+  const char *transport; /* "websocket", "sse", "longpoll" */
   const char *remote_addr;
   const mw_policy_pair_t *headers;
   size_t nheaders;
@@ -57,8 +58,8 @@ typedef struct mw_policy_connect_req {
   size_t nquery;
   const mw_policy_pair_t *cookies;
   size_t ncookies;
-  const char *token;       /* from ?token=, Authorization: Bearer, the
-                              moonwire_token cookie or a first message; or NULL */
+  const char *token; /* from ?token=, Authorization: Bearer, the
+                        moonwire_token cookie or a first message; or NULL */
 } mw_policy_connect_req_t;
 
 /* The identity on_connect returned, owned by the connection. `ref` is the
@@ -66,11 +67,11 @@ typedef struct mw_policy_connect_req {
  * worker's state ({id, transport, user_id, tenant_id, claims}); free the
  * identity with mw__policy_identity_free on the same policy. */
 typedef struct mw_policy_identity {
-  char *user_id;      /* may be NULL (anonymous) */
-  char *tenant_id;    /* may be NULL (no tenant: sees public + all events) */
-  int all_tenants;    /* the script widened tenant isolation explicitly
-                         (returned all_tenants = true) */
-  int ref;            /* LUA_NOREF when there is no conn table */
+  char *user_id;   /* may be NULL (anonymous) */
+  char *tenant_id; /* may be NULL (no tenant: sees public + all events) */
+  int all_tenants; /* the script widened tenant isolation explicitly
+                      (returned all_tenants = true) */
+  int ref;         /* LUA_NOREF when there is no conn table */
   /* Private to the policy engine: what rebuilds the conn table in a state
    * loaded later (mw__policy_reload). A hook call with an identity of an
    * older generation rebuilds its conn table and updates `ref` and
@@ -78,8 +79,8 @@ typedef struct mw_policy_identity {
    * same thread). */
   char *conn_id;
   char *transport;
-  json_t *claims;     /* the claims as returned (NULL: none) */
-  unsigned generation;/* of the state that made `ref`; 0: none */
+  json_t *claims;      /* the claims as returned (NULL: none) */
+  unsigned generation; /* of the state that made `ref`; 0: none */
   /* Private: the tenant rules found for tenant_id in the state of
    * `tenant_generation` (a per-connection cache of the lookup). */
   const void *tenant_rules;
@@ -90,13 +91,13 @@ typedef struct mw_policy_identity {
 typedef struct mw_policy_result {
   mw_policy_status_t status;
   mw_policy_verdict_t verdict;
-  int code;           /* deny: 401/403/429/... (default 403, connect 401) */
-  char reason[160];   /* deny: the script's reason, or what failed */
-  int presence;       /* subscribe: the script returned {presence = true} */
-  json_t *out;        /* publish/deliver CHANGED: the new event as
-                         {"event":..,"data":{..},"trace_id":..}; caller owns */
-  const void *out_key;/* deliver CHANGED: identity of the returned Lua table
-                         (equal keys within one event = equal results) */
+  int code;            /* deny: 401/403/429/... (default 403, connect 401) */
+  char reason[160];    /* deny: the script's reason, or what failed */
+  int presence;        /* subscribe: the script returned {presence = true} */
+  json_t *out;         /* publish/deliver CHANGED: the new event as
+                          {"event":..,"data":{..},"trace_id":..}; caller owns */
+  const void *out_key; /* deliver CHANGED: identity of the returned Lua table
+                          (equal keys within one event = equal results) */
 } mw_policy_result_t;
 
 /* The embedded default policy (scripts/default.lua compiled into the binary;
@@ -104,8 +105,9 @@ typedef struct mw_policy_result {
 extern const char mw__default_policy_lua[];
 
 /* Loads `script` (a Lua file; NULL: the embedded default) into a new state,
- * plus the per-tenant rule files in `<dir of script>/tenants/<tenant>.lua`. Returns NULL with `err` set
- * (one line, script:line) when it does not load. Main or worker thread. */
+ * plus the per-tenant rule files in `<dir of script>/tenants/<tenant>.lua`.
+ * Returns NULL with `err` set (one line, script:line) when it does not load.
+ * Main or worker thread. */
 mw_policy_t *mw__policy_new(const char *script, const mw_policy_limits_t *lim,
                             char *err, size_t errlen);
 

@@ -262,11 +262,10 @@ static int push_view(lua_State *L, const json_t *v, int depth, view_t *c) {
 }
 
 /* Pushes `v` as a read-only view (objects behind proxies). */
-int mw__lua_push_view(lua_State *L, const json_t *v, int maxdepth,
-                      unsigned id, int arrays, const json_t ***jarrays,
-                      size_t *n, size_t *cap) {
-  view_t c = {maxdepth, id, arrays ? abs_index(L, arrays) : 0, jarrays, n,
-              cap};
+int mw__lua_push_view(lua_State *L, const json_t *v, int maxdepth, unsigned id,
+                      int arrays, const json_t ***jarrays, size_t *n,
+                      size_t *cap) {
+  view_t c = {maxdepth, id, arrays ? abs_index(L, arrays) : 0, jarrays, n, cap};
   return push_view(L, v, 0, &c);
 }
 
@@ -966,8 +965,10 @@ void mw__lua_sandbox_wrap(lua_State *L, int env) {
     static const char *const writes[] = {"insert", "remove", "sort", NULL};
     static const char *const reads[] = {"concat", "foreach", "foreachi",
                                         "getn",   "maxn",    NULL};
-    for (int i = 0; writes[i]; i++) wrap_through(L, t, writes[i], 1);
-    for (int i = 0; reads[i]; i++) wrap_through(L, t, reads[i], 0);
+    for (int i = 0; writes[i]; i++)
+      wrap_through(L, t, writes[i], 1);
+    for (int i = 0; reads[i]; i++)
+      wrap_through(L, t, reads[i], 0);
   }
   lua_pop(L, 1);
 }

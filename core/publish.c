@@ -22,7 +22,7 @@
 
 static mw_metric_t *m_published, *m_err_invalid, *m_err_unavail, *m_err_other,
     *m_err_denied, *m_overload;
-static mw_admission_limits_t admission; /* zero: admit everything */
+static mw_admission_limits_t admission;     /* zero: admit everything */
 static _Atomic uint64_t overload_logged_ms; /* rate-limits the warning */
 
 const char mw__publish_overload_reason[] =
@@ -77,9 +77,9 @@ int mw__publish_admit(mw_worker_t *w) {
      * see server.c), plus what the events already accepted but not fanned
      * out there will add (at its recent cost per event): a burst read in
      * one loop turn is counted before it lands. */
-    uint64_t b = o == w ? mw__worker_backlog(o)
-                        : atomic_load_explicit(&o->backlog_bytes,
-                                               memory_order_relaxed);
+    uint64_t b =
+        o == w ? mw__worker_backlog(o)
+               : atomic_load_explicit(&o->backlog_bytes, memory_order_relaxed);
     uint64_t cost = atomic_load_explicit(&o->event_cost, memory_order_relaxed);
     /* Before its first batch a worker has no measured cost per event: its
      * own connections times a typical frame stand in, so that the very
@@ -101,7 +101,8 @@ int mw__publish_admit(mw_worker_t *w) {
   int why = mw__admission_decide(&admission, backlog, lag);
   if (why == MW_ADMIT_OK) return 0;
   mw__metric_add(m_overload, 1);
-  uint64_t last = atomic_load_explicit(&overload_logged_ms, memory_order_relaxed);
+  uint64_t last =
+      atomic_load_explicit(&overload_logged_ms, memory_order_relaxed);
   if (now - last >= 1000 &&
       atomic_compare_exchange_strong(&overload_logged_ms, &last, now))
     mw_log(MW_LOG_WARN, "publish",
@@ -109,8 +110,8 @@ int mw__publish_admit(mw_worker_t *w) {
            "limit %llu; lag %llu ms, limit %llu)",
            why == MW_ADMIT_BACKLOG ? "outbound backlog" : "fan-out lag",
            (unsigned long long)backlog,
-           (unsigned long long)admission.backlog_bytes,
-           (unsigned long long)lag, (unsigned long long)admission.lag_ms);
+           (unsigned long long)admission.backlog_bytes, (unsigned long long)lag,
+           (unsigned long long)admission.lag_ms);
   return MW_EUNAVAIL;
 }
 
@@ -160,13 +161,20 @@ static void random_trace_id(char out[17]) {
 
 int mw__publish_http_status(int code) {
   switch (code) {
-  case MW_EINVAL: return 400;
-  case MW_EDENIED: return 403;
-  case MW_ETOOBIG: return 413;
-  case MW_ELIMIT: return 429;
-  case MW_EUNAVAIL: return 503;
-  case MW_ECANCELED: return 503;
-  default: return 500;
+  case MW_EINVAL:
+    return 400;
+  case MW_EDENIED:
+    return 403;
+  case MW_ETOOBIG:
+    return 413;
+  case MW_ELIMIT:
+    return 429;
+  case MW_EUNAVAIL:
+    return 503;
+  case MW_ECANCELED:
+    return 503;
+  default:
+    return 500;
   }
 }
 
@@ -224,11 +232,16 @@ static int invalid(mw_publish_cb cb, void *ud, const char *reason) {
 /* The MW_E* that carries a policy's HTTP-like code back to the caller. */
 static int code_to_error(int code) {
   switch (code) {
-  case 400: return MW_EINVAL;
-  case 413: return MW_ETOOBIG;
-  case 429: return MW_ELIMIT;
-  case 503: return MW_EUNAVAIL;
-  default: return MW_EDENIED;
+  case 400:
+    return MW_EINVAL;
+  case 413:
+    return MW_ETOOBIG;
+  case 429:
+    return MW_ELIMIT;
+  case 503:
+    return MW_EUNAVAIL;
+  default:
+    return MW_EDENIED;
   }
 }
 
@@ -317,8 +330,9 @@ int mw__publish_json_admitted(mw_worker_t *w, const char *topic,
                               json_t *data, mw_client_t *origin,
                               mw_publish_cb cb, void *ud) {
   if (!topic || !mw__topic_valid(topic, strlen(topic)))
-    return invalid(cb, ud, "topic: 1..256 bytes of UTF-8 without spaces, "
-                           "control characters or commas");
+    return invalid(cb, ud,
+                   "topic: 1..256 bytes of UTF-8 without spaces, "
+                   "control characters or commas");
   if (!event || !name_valid(event))
     return invalid(cb, ud, "event: 1..128 bytes of UTF-8 text");
   if (data && !json_is_object(data))

@@ -54,7 +54,8 @@ int mw__server_route(mw_server_t *s, const char *method, const char *path,
       strlen(path) >= sizeof s->routes[0].path)
     return MW_EINVAL;
   for (size_t i = 0; i < s->nroutes; i++)
-    if (!strcmp(s->routes[i].method, method) && !strcmp(s->routes[i].path, path))
+    if (!strcmp(s->routes[i].method, method) &&
+        !strcmp(s->routes[i].path, path))
       return MW_EEXIST;
   s->routes = mw_xrealloc(s->routes, (s->nroutes + 1) * sizeof *s->routes);
   mw_route_t *r = &s->routes[s->nroutes++];
@@ -77,7 +78,8 @@ const mw_route_t *mw__server_find_route(const char *method, const char *path,
   /* HEAD: the GET route answers; http.c leaves the body out. */
   if (*path_known && !strcmp(method, "HEAD"))
     for (size_t i = 0; i < s->nroutes; i++)
-      if (!strcmp(s->routes[i].path, path) && !strcmp(s->routes[i].method, "GET"))
+      if (!strcmp(s->routes[i].path, path) &&
+          !strcmp(s->routes[i].method, "GET"))
         return &s->routes[i];
   return NULL;
 }
@@ -107,7 +109,7 @@ void mw__server_fanout(mw_event_t *ev) {
     mw_worker_t *w = &s->workers[i];
     uv_mutex_lock(&w->inbox_lock);
     if (w->inbox_cap != SIZE_MAX) { /* SIZE_MAX: the worker has stopped */
-      if (w->inbox_len == 0) { /* the age of the inbox starts now */
+      if (w->inbox_len == 0) {      /* the age of the inbox starts now */
         if (!now) now = mw__now_ms();
         w->inbox_first_ms = now;
         if (atomic_load_explicit(&w->lag_since_ms, memory_order_relaxed) == 0)
@@ -234,7 +236,8 @@ static void note_batch(mw_worker_t *w, size_t n, size_t before) {
   atomic_fetch_sub_explicit(&w->inbox_depth, n, memory_order_relaxed);
   uint64_t since = atomic_load_explicit(&w->lag_since_ms, memory_order_relaxed);
   uint64_t now = mw__now_ms();
-  atomic_store_explicit(&w->batch_lag_ms, since && now > since ? now - since : 0,
+  atomic_store_explicit(&w->batch_lag_ms,
+                        since && now > since ? now - since : 0,
                         memory_order_relaxed);
   atomic_store_explicit(&w->batch_done_ms, now, memory_order_relaxed);
 }
@@ -287,8 +290,10 @@ static size_t select_kth(size_t *a, size_t n, size_t k) {
   while (lo < hi) {
     size_t pivot = a[lo + (hi - lo) / 2], i = lo, j = hi;
     while (i <= j) {
-      while (a[i] < pivot) i++;
-      while (a[j] > pivot) j--;
+      while (a[i] < pivot)
+        i++;
+      while (a[j] > pivot)
+        j--;
       if (i <= j) {
         size_t t = a[i];
         a[i] = a[j];
@@ -298,9 +303,12 @@ static size_t select_kth(size_t *a, size_t n, size_t k) {
         j--;
       }
     }
-    if (k <= j) hi = j;
-    else if (k >= i) lo = i;
-    else return a[k];
+    if (k <= j)
+      hi = j;
+    else if (k >= i)
+      lo = i;
+    else
+      return a[k];
   }
   return a[k];
 }
@@ -367,7 +375,8 @@ static void worker_finish(mw_worker_t *w) {
   run_tasks(w); /* e.g. a reload in flight: answered before the close */
   /* Close the inbox: later fan-outs and tasks skip this worker. */
   uv_mutex_lock(&w->inbox_lock);
-  for (size_t i = 0; i < w->inbox_len; i++) mw_event_unref(&w->inbox[i]);
+  for (size_t i = 0; i < w->inbox_len; i++)
+    mw_event_unref(&w->inbox[i]);
   free(w->inbox);
   w->inbox = NULL;
   w->inbox_len = 0;
@@ -475,8 +484,9 @@ static void worker_main(void *arg) {
     if (!p->initialized || !p->def.worker_start) continue;
     rc = p->def.worker_start(p->state, w, &p->wstates[w->id]);
     if (rc)
-      mw_log(MW_LOG_ERROR, "server", "worker %u: plugin '%s' failed to start: %s",
-             w->id, p->def.name, mw_strerror(rc));
+      mw_log(MW_LOG_ERROR, "server",
+             "worker %u: plugin '%s' failed to start: %s", w->id, p->def.name,
+             mw_strerror(rc));
   }
   w->start_status = rc;
   uv_sem_post(&s->ready);
@@ -488,8 +498,9 @@ static void worker_main(void *arg) {
   }
   uv_run(&w->loop, UV_RUN_DEFAULT);
   int crc = uv_loop_close(&w->loop);
-  if (crc) mw_log(MW_LOG_WARN, "server", "worker %u: loop not closed: %s",
-                  w->id, uv_strerror(crc));
+  if (crc)
+    mw_log(MW_LOG_WARN, "server", "worker %u: loop not closed: %s", w->id,
+           uv_strerror(crc));
   free(w->read_buf);
   w->read_buf = NULL;
   free(w->scan_buf);
@@ -585,8 +596,7 @@ static void on_reloaded(const char *err, void *arg) {
 mw_policy_limits_t mw__server_policy_limits(const mw_config_t *cfg) {
   mw_policy_limits_t lim;
   lim.budget_ms = (uint64_t)mw__config_int(cfg, "limits.hook_budget_ms", 50);
-  lim.memory_bytes =
-      (size_t)mw__config_int(cfg, "limits.lua_memory", 64 << 20);
+  lim.memory_bytes = (size_t)mw__config_int(cfg, "limits.lua_memory", 64 << 20);
   return lim;
 }
 
@@ -703,7 +713,8 @@ int mw__server_run(mw_config_t *cfg) {
   mw__api_register(s);
   mw__demo_register(s);
   s->workers = mw_xcalloc(s->nworkers, sizeof *s->workers);
-  for (unsigned i = 0; i < s->nworkers; i++) s->workers[i].listen_fd = -1;
+  for (unsigned i = 0; i < s->nworkers; i++)
+    s->workers[i].listen_fd = -1;
   exit_code = plugins_start(s);
   if (exit_code) goto done;
   s->routes_frozen = 1;

@@ -26,22 +26,22 @@ struct mw_worker {
   uv_thread_t thread;
   uv_os_sock_t listen_fd; /* bound by the main thread */
   uv_tcp_t listener;
-  uv_async_t wakeup;      /* inbox and commands */
-  uv_prepare_t flush;     /* writes queued this iteration go out here */
-  uv_timer_t drain_timer; /* polls for the end of a drain */
+  uv_async_t wakeup;         /* inbox and commands */
+  uv_prepare_t flush;        /* writes queued this iteration go out here */
+  uv_timer_t drain_timer;    /* polls for the end of a drain */
   uv_timer_t presence_timer; /* refreshes presence entries */
   uv_mutex_t inbox_lock;
-  mw_event_t **inbox;     /* events to fan out, guarded by inbox_lock */
+  mw_event_t **inbox; /* events to fan out, guarded by inbox_lock */
   size_t inbox_len, inbox_cap;
-  _Atomic int command;    /* MW_WORKER_CMD_* bits */
+  _Atomic int command; /* MW_WORKER_CMD_* bits */
   mw_hub_t *hub;
-  mw_policy_t *policy;    /* this loop's Lua state */
-  mw_link_t tasks;        /* mw_task_t to run on this loop, guarded by inbox_lock */
-  mw_link_t conns;        /* every open connection of this loop */
-  mw_link_t clients;      /* every mw_client_t of this loop */
-  mw_link_t dirty;        /* connections with writes to flush */
+  mw_policy_t *policy; /* this loop's Lua state */
+  mw_link_t tasks;   /* mw_task_t to run on this loop, guarded by inbox_lock */
+  mw_link_t conns;   /* every open connection of this loop */
+  mw_link_t clients; /* every mw_client_t of this loop */
+  mw_link_t dirty;   /* connections with writes to flush */
   size_t conn_count;
-  size_t outbound_bytes;  /* sum of every connection's queued bytes */
+  size_t outbound_bytes; /* sum of every connection's queued bytes */
   /* conn.c: one timer for every connection deadline (created with the first
    * connection, closed with the last), and the deadlines by kind, each list
    * in deadline order */
@@ -60,16 +60,16 @@ struct mw_worker {
                                   * (recent average) */
   _Atomic uint64_t batch_lag_ms; /* post-to-fanned-out time of the last batch */
   _Atomic uint64_t batch_done_ms; /* when that batch was out */
-  uint64_t inbox_first_ms;       /* same for the inbox only (inbox_lock) */
-  size_t laggard_bytes;   /* bytes queued beyond what the 90th-percentile
-                           * connection has, at the last scan */
+  uint64_t inbox_first_ms;        /* same for the inbox only (inbox_lock) */
+  size_t laggard_bytes;     /* bytes queued beyond what the 90th-percentile
+                             * connection has, at the last scan */
   uint64_t backlog_scan_at; /* loop time of that scan */
-  size_t *scan_buf;       /* scratch for the scan */
+  size_t *scan_buf;         /* scratch for the scan */
   size_t scan_cap;
   int draining;
   int stopping;
-  char *read_buf;         /* one read buffer per loop */
-  int start_status;       /* set by the thread before signalling ready */
+  char *read_buf;   /* one read buffer per loop */
+  int start_status; /* set by the thread before signalling ready */
 };
 
 enum { MW_WORKER_CMD_DRAIN = 1, MW_WORKER_CMD_STOP = 2 };
@@ -97,13 +97,13 @@ struct mw_server {
   struct mw_plugin_handle *storage; /* the storage in use */
   mw_route_t *routes;
   size_t nroutes;
-  int routes_frozen;                /* no registration once workers run */
+  int routes_frozen; /* no registration once workers run */
   uv_loop_t main_loop;
   uv_signal_t sig_term, sig_int, sig_hup;
   uv_timer_t drain_deadline;
   uv_sem_t ready;
   int draining;
-  char node_id[20];                 /* random, names clients */
+  char node_id[20]; /* random, names clients */
   int64_t started_ms;
 };
 
@@ -177,7 +177,7 @@ static inline int mw__list_empty(const mw_link_t *head) {
   return head->next == head;
 }
 
-#define MW_CONTAINER_OF(ptr, type, field)                                     \
+#define MW_CONTAINER_OF(ptr, type, field)                                      \
   ((type *)((char *)(ptr)-offsetof(type, field)))
 
 #endif

@@ -482,7 +482,8 @@ static int mem_topics(void *wstate, mw_store_topics_cb cb, void *ud) {
     cb(0, (const char *const *)names, counts, n, ud);
   else
     cb(MW_ENOMEM, NULL, NULL, 0, ud);
-  for (size_t i = 0; i < n; i++) free(names[i]);
+  for (size_t i = 0; i < n; i++)
+    free(names[i]);
   free(names);
   free(counts);
   return 0;
@@ -502,7 +503,8 @@ static void mem_destroy(void *state) {
   if (st == NULL) return;
   mem_room_t *r, *rtmp;
   HASH_ITER(hh, st->rooms, r, rtmp) {
-    while (r->members) mem_member_free(r, r->members);
+    while (r->members)
+      mem_member_free(r, r->members);
     HASH_DEL(st->rooms, r);
     free(r->name);
     free(r);

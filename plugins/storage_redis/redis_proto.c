@@ -69,7 +69,8 @@ int rd_url_parse(const char *url, rd_url_t *out, char *err, size_t errlen) {
       return fail(err, errlen, "bad host in the URL");
     memcpy(out->host, p + 1, (size_t)(rb - p - 1));
     hend = rb + 1;
-    if (hend < end && *hend != ':') return fail(err, errlen, "bad host in the URL");
+    if (hend < end && *hend != ':')
+      return fail(err, errlen, "bad host in the URL");
   } else {
     hend = memchr(p, ':', (size_t)(end - p));
     if (!hend) hend = end;
@@ -86,7 +87,8 @@ int rd_url_parse(const char *url, rd_url_t *out, char *err, size_t errlen) {
         return fail(err, errlen, "the port must be 1..65535");
       v = v * 10 + (*q - '0');
     }
-    if (v < 1 || v > 65535) return fail(err, errlen, "the port must be 1..65535");
+    if (v < 1 || v > 65535)
+      return fail(err, errlen, "the port must be 1..65535");
     out->port = (int)v;
   }
   if (*end == '/') {
@@ -109,7 +111,8 @@ int rd_url_parse(const char *url, rd_url_t *out, char *err, size_t errlen) {
 void rd_buf_add(rd_buf_t *b, const char *s, size_t n) {
   if (b->len + n + 1 > b->cap) {
     size_t cap = b->cap ? b->cap : 64;
-    while (cap < b->len + n + 1) cap *= 2;
+    while (cap < b->len + n + 1)
+      cap *= 2;
     char *d = realloc(b->data, cap);
     if (!d) abort(); /* a small internal allocation */
     b->data = d;
@@ -128,13 +131,27 @@ void rd_buf_json_str(rd_buf_t *b, const char *s, int quotes) {
     const char *esc = NULL;
     char tmp[8];
     switch (c) {
-    case '"': esc = "\\\""; break;
-    case '\\': esc = "\\\\"; break;
-    case '\b': esc = "\\b"; break;
-    case '\f': esc = "\\f"; break;
-    case '\n': esc = "\\n"; break;
-    case '\r': esc = "\\r"; break;
-    case '\t': esc = "\\t"; break;
+    case '"':
+      esc = "\\\"";
+      break;
+    case '\\':
+      esc = "\\\\";
+      break;
+    case '\b':
+      esc = "\\b";
+      break;
+    case '\f':
+      esc = "\\f";
+      break;
+    case '\n':
+      esc = "\\n";
+      break;
+    case '\r':
+      esc = "\\r";
+      break;
+    case '\t':
+      esc = "\\t";
+      break;
     default:
       if (c < 0x20) {
         snprintf(tmp, sizeof tmp, "\\u%04X", c);
@@ -193,9 +210,11 @@ static int epoch_ok(const redisReply *e, char *epoch) {
 
 int rd_check_publish_reply(const redisReply *r, uint64_t *seq, char *epoch,
                            const char **why) {
-  if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) return bad(r, why);
+  if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2)
+    return bad(r, why);
   const redisReply *s = r->element[0];
-  if (!s || s->type != REDIS_REPLY_INTEGER || s->integer < 1) return bad(r, why);
+  if (!s || s->type != REDIS_REPLY_INTEGER || s->integer < 1)
+    return bad(r, why);
   if (!epoch_ok(r->element[1], epoch)) return bad(r, why);
   *seq = (uint64_t)s->integer;
   return 0;
@@ -204,11 +223,14 @@ int rd_check_publish_reply(const redisReply *r, uint64_t *seq, char *epoch,
 int rd_check_read_reply(const redisReply *r, uint64_t *top, char *epoch,
                         int *complete, redisReply ***items, size_t *nitems,
                         const char **why) {
-  if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 4) return bad(r, why);
+  if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 4)
+    return bad(r, why);
   const redisReply *t = r->element[0], *c = r->element[2], *a = r->element[3];
-  if (!t || t->type != REDIS_REPLY_INTEGER || t->integer < 0) return bad(r, why);
+  if (!t || t->type != REDIS_REPLY_INTEGER || t->integer < 0)
+    return bad(r, why);
   if (!epoch_ok(r->element[1], epoch)) return bad(r, why);
-  if (!c || c->type != REDIS_REPLY_INTEGER || (c->integer != 0 && c->integer != 1))
+  if (!c || c->type != REDIS_REPLY_INTEGER ||
+      (c->integer != 0 && c->integer != 1))
     return bad(r, why);
   if (!a || a->type != REDIS_REPLY_ARRAY) return bad(r, why);
   for (size_t i = 0; i < a->elements; i++)
@@ -222,7 +244,8 @@ int rd_check_read_reply(const redisReply *r, uint64_t *top, char *epoch,
 }
 
 int rd_check_presence_reply(const redisReply *r, const char **why) {
-  if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) return bad(r, why);
+  if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2)
+    return bad(r, why);
   const redisReply *ids = r->element[0], *users = r->element[1];
   if (!ids || !users || ids->type != REDIS_REPLY_ARRAY ||
       users->type != REDIS_REPLY_ARRAY || ids->elements != users->elements)

@@ -16,9 +16,9 @@
 
 /* A parsed redis://[[user]:password@]host[:port][/db] URL. */
 typedef struct rd_url {
-  char host[RD_HOST_MAX]; /* "127.0.0.1", "::1" (brackets removed) */
-  int port;               /* 6379 by default */
-  int db;                 /* 0 by default */
+  char host[RD_HOST_MAX];     /* "127.0.0.1", "::1" (brackets removed) */
+  int port;                   /* 6379 by default */
+  int db;                     /* 0 by default */
   char password[RD_PASS_MAX]; /* "" when none */
 } rd_url_t;
 

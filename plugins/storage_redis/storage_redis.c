@@ -33,9 +33,9 @@
  * out in one write at the end of the turn (redis_uv.h) and hiredis matches
  * the replies in order. A connection takes at most redis_max_pending
  * commands (redis_max_pending_bytes of arguments) in flight; beyond that a
- * call fails at once with MW_EUNAVAIL (publish: 503) and counts as "busy". Two nodes publishing to one topic
- * are serialized by Redis: seqs have no gap and no duplicate, and the
- * channel carries them in seq order.
+ * call fails at once with MW_EUNAVAIL (publish: 503) and counts as "busy". Two
+ * nodes publishing to one topic are serialized by Redis: seqs have no gap and
+ * no duplicate, and the channel carries them in seq order.
  *
  * Faults: a connection that drops or a command older than redis_timeout_ms
  * fails every pending call with MW_EUNAVAIL, healthy() turns 0, publish
@@ -75,51 +75,51 @@
 /* --- Lua scripts ---------------------------------------------------------- */
 
 /* Drops history members older than ttl ms (the oldest come first). */
-#define RD_LUA_EXPIRE                                                         \
-  "local function expire(key, now, ttl)\n"                                    \
-  "  while true do\n"                                                         \
-  "    local first = redis.call('ZRANGE', key, 0, 0)\n"                       \
-  "    if #first == 0 then return end\n"                                      \
-  "    local ts = tonumber(string.match(first[1], '^(%d+)|'))\n"              \
-  "    if ts ~= nil and now - ts <= ttl then return end\n"                    \
-  "    redis.call('ZREMRANGEBYRANK', key, 0, 0)\n"                            \
-  "  end\n"                                                                   \
-  "end\n"                                                                     \
-  "local function now_ms()\n"                                                 \
-  "  local t = redis.call('TIME')\n"                                          \
-  "  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"      \
+#define RD_LUA_EXPIRE                                                          \
+  "local function expire(key, now, ttl)\n"                                     \
+  "  while true do\n"                                                          \
+  "    local first = redis.call('ZRANGE', key, 0, 0)\n"                        \
+  "    if #first == 0 then return end\n"                                       \
+  "    local ts = tonumber(string.match(first[1], '^(%d+)|'))\n"               \
+  "    if ts ~= nil and now - ts <= ttl then return end\n"                     \
+  "    redis.call('ZREMRANGEBYRANK', key, 0, 0)\n"                             \
+  "  end\n"                                                                    \
+  "end\n"                                                                      \
+  "local function now_ms()\n"                                                  \
+  "  local t = redis.call('TIME')\n"                                           \
+  "  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"       \
   "end\n"
 
 /* KEYS: meta, hist. ARGV: channel, p1, p2, p3, size, ttl_ms, epoch. */
 static const char rd_lua_publish[] =
-    RD_LUA_EXPIRE
-    "local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)\n"
-    "local epoch = redis.call('HGET', KEYS[1], 'epoch')\n"
-    "if not epoch then\n"
-    "  epoch = ARGV[7]\n"
-    "  redis.call('HSET', KEYS[1], 'epoch', epoch)\n"
-    "end\n"
-    "local s = string.format('%d', seq)\n"
-    "local json = ARGV[2] .. s .. ARGV[3] .. s .. ARGV[4]\n"
-    "local size = tonumber(ARGV[5])\n"
-    "local ttl = tonumber(ARGV[6])\n"
-    "if size > 0 then\n"
-    "  local now = now_ms()\n"
-    "  redis.call('ZADD', KEYS[2], seq, string.format('%d', now) .. '|' .. json)\n"
-    "  local n = redis.call('ZCARD', KEYS[2])\n"
-    "  if n > size then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, n - size - 1) end\n"
-    "  if ttl > 0 then\n"
-    "    expire(KEYS[2], now, ttl)\n"
-    "    redis.call('PEXPIRE', KEYS[2], ttl)\n"
-    "  end\n"
-    "end\n"
-    "redis.call('PUBLISH', ARGV[1], epoch .. ' ' .. json)\n"
-    "return {seq, epoch}\n";
+    RD_LUA_EXPIRE "local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)\n"
+                  "local epoch = redis.call('HGET', KEYS[1], 'epoch')\n"
+                  "if not epoch then\n"
+                  "  epoch = ARGV[7]\n"
+                  "  redis.call('HSET', KEYS[1], 'epoch', epoch)\n"
+                  "end\n"
+                  "local s = string.format('%d', seq)\n"
+                  "local json = ARGV[2] .. s .. ARGV[3] .. s .. ARGV[4]\n"
+                  "local size = tonumber(ARGV[5])\n"
+                  "local ttl = tonumber(ARGV[6])\n"
+                  "if size > 0 then\n"
+                  "  local now = now_ms()\n"
+                  "  redis.call('ZADD', KEYS[2], seq, string.format('%d', now) "
+                  ".. '|' .. json)\n"
+                  "  local n = redis.call('ZCARD', KEYS[2])\n"
+                  "  if n > size then redis.call('ZREMRANGEBYRANK', KEYS[2], "
+                  "0, n - size - 1) end\n"
+                  "  if ttl > 0 then\n"
+                  "    expire(KEYS[2], now, ttl)\n"
+                  "    redis.call('PEXPIRE', KEYS[2], ttl)\n"
+                  "  end\n"
+                  "end\n"
+                  "redis.call('PUBLISH', ARGV[1], epoch .. ' ' .. json)\n"
+                  "return {seq, epoch}\n";
 
 /* KEYS: meta, hist. ARGV: since, limit, ttl_ms, epoch.
  * Returns {top, epoch, complete, items}. */
-static const char rd_lua_read[] =
-    RD_LUA_EXPIRE
+static const char rd_lua_read[] = RD_LUA_EXPIRE
     "redis.call('HSETNX', KEYS[1], 'epoch', ARGV[4])\n"
     "local m = redis.call('HMGET', KEYS[1], 'seq', 'epoch')\n"
     "local top = tonumber(m[1]) or 0\n"
@@ -141,47 +141,44 @@ static const char rd_lua_read[] =
 
 /* KEYS: pres zset, users hash. ARGV: client, user, ttl_ms. */
 static const char rd_lua_padd[] =
-    RD_LUA_EXPIRE
-    "local ttl = tonumber(ARGV[3])\n"
-    "redis.call('ZADD', KEYS[1], now_ms() + ttl, ARGV[1])\n"
-    /* The cluster's topic index (GET /api/topics): a topic stays listed
-     * while any of its presence entries may be alive. */
-    "local expiry = now_ms() + ttl\n"
-    "local cur = redis.call('ZSCORE', KEYS[3], ARGV[4])\n"
-    "if not cur or tonumber(cur) < expiry then\n"
-    "  redis.call('ZADD', KEYS[3], expiry, ARGV[4])\n"
-    "end\n"
-    "redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])\n"
-    "if redis.call('PTTL', KEYS[1]) < ttl then\n"
-    "  redis.call('PEXPIRE', KEYS[1], ttl)\n"
-    "  redis.call('PEXPIRE', KEYS[2], ttl)\n"
-    "end\n"
-    "return 1\n";
+    RD_LUA_EXPIRE "local ttl = tonumber(ARGV[3])\n"
+                  "redis.call('ZADD', KEYS[1], now_ms() + ttl, ARGV[1])\n"
+                  /* The cluster's topic index (GET /api/topics): a topic stays
+                   * listed while any of its presence entries may be alive. */
+                  "local expiry = now_ms() + ttl\n"
+                  "local cur = redis.call('ZSCORE', KEYS[3], ARGV[4])\n"
+                  "if not cur or tonumber(cur) < expiry then\n"
+                  "  redis.call('ZADD', KEYS[3], expiry, ARGV[4])\n"
+                  "end\n"
+                  "redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])\n"
+                  "if redis.call('PTTL', KEYS[1]) < ttl then\n"
+                  "  redis.call('PEXPIRE', KEYS[1], ttl)\n"
+                  "  redis.call('PEXPIRE', KEYS[2], ttl)\n"
+                  "end\n"
+                  "return 1\n";
 
 /* KEYS: the topic index. ARGV: key prefix. Returns {names, counts}: topics
  * with live presence entries and how many (expired ones dropped). Reads
  * keys it was not given: fine on one Redis, not on Redis Cluster. */
-static const char rd_lua_topics[] =
-    RD_LUA_EXPIRE
+static const char rd_lua_topics[] = RD_LUA_EXPIRE
     "local now = now_ms()\n"
     "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
     "local names, counts = {}, {}\n"
     "for _, t in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do\n"
-    "  local n = redis.call('ZCOUNT', ARGV[1] .. '{' .. t .. '}:p', now, '+inf')\n"
+    "  local n = redis.call('ZCOUNT', ARGV[1] .. '{' .. t .. '}:p', now, "
+    "'+inf')\n"
     "  if n > 0 then names[#names + 1] = t; counts[#counts + 1] = n end\n"
     "end\n"
     "return {names, counts}\n";
 
 /* KEYS: pres zset, users hash. ARGV: client. */
-static const char rd_lua_premove[] =
-    "redis.call('ZREM', KEYS[1], ARGV[1])\n"
-    "redis.call('HDEL', KEYS[2], ARGV[1])\n"
-    "return 1\n";
+static const char rd_lua_premove[] = "redis.call('ZREM', KEYS[1], ARGV[1])\n"
+                                     "redis.call('HDEL', KEYS[2], ARGV[1])\n"
+                                     "return 1\n";
 
 /* KEYS: pres zset, users hash. Returns {ids, users}; expired ones dropped.
  * unpack() in chunks: Lua's C stack holds a few thousand values at most. */
-static const char rd_lua_plist[] =
-    RD_LUA_EXPIRE
+static const char rd_lua_plist[] = RD_LUA_EXPIRE
     "local function chunked(cmd, key, list)\n"
     "  local out = {}\n"
     "  for i = 1, #list, 1000 do\n"
@@ -232,19 +229,19 @@ enum {
 };
 
 static const char *const rd_reason_names[RD_E_COUNT] = {
-    "reply_type", "script_error", "timeout", "connect", "auth", "message",
-    "busy"};
+    "reply_type", "script_error", "timeout", "connect",
+    "auth",       "message",      "busy"};
 
 /* --- state ---------------------------------------------------------------- */
 
 /* A topic this node listens to (or stopped listening to). */
 typedef struct rd_topic {
   char *name;
-  unsigned want;   /* workers with local subscribers (guarded by g->lock) */
-  int sent;        /* 1: SUBSCRIBE sent (pub/sub thread) */
-  int inflight;    /* a (UN)SUBSCRIBE awaits its answer */
-  int subscribed;  /* Redis confirmed the SUBSCRIBE */
-  int dirty;       /* in g->dirty: want changed */
+  unsigned want;    /* workers with local subscribers (guarded by g->lock) */
+  int sent;         /* 1: SUBSCRIBE sent (pub/sub thread) */
+  int inflight;     /* a (UN)SUBSCRIBE awaits its answer */
+  int subscribed;   /* Redis confirmed the SUBSCRIBE */
+  int dirty;        /* in g->dirty: want changed */
   rd_order_t order; /* the last seq fanned out on this node (g->lock) */
   struct rd_topic *next_dirty;
   UT_hash_handle hh;
@@ -261,9 +258,9 @@ typedef struct rd_global {
   size_t max_pending;       /* commands per connection in flight (0: no cap) */
   size_t max_pending_bytes; /* their argument bytes (0: no cap) */
   char sha[RD_S_COUNT][41];
-  unsigned nconns;      /* workers + 1 (pub/sub) */
-  atomic_uint nup;      /* connections up */
-  atomic_int ps_ready;  /* the pub/sub connection is subscribed and live */
+  unsigned nconns;     /* workers + 1 (pub/sub) */
+  atomic_uint nup;     /* connections up */
+  atomic_int ps_ready; /* the pub/sub connection is subscribed and live */
 
   pthread_mutex_t lock; /* guards topics, dirty, ps_async */
   rd_topic_t *topics;
@@ -293,12 +290,12 @@ typedef struct rd_worker {
   uint64_t last_sent; /* when a command was last sent (heartbeats) */
   uint64_t backoff;
   uv_timer_t retry;
-  uv_timer_t tick;      /* timeouts */
-  uv_timer_t park;      /* parked reads */
-  rd_req_t *pending;    /* sent, oldest first (circular doubly linked) */
-  rd_req_t *parked;     /* waiting for a SUBSCRIBE confirmation */
-  size_t nqueued;       /* admitted calls not answered yet (pending+parked) */
-  size_t queued_bytes;  /* their argument bytes */
+  uv_timer_t tick;     /* timeouts */
+  uv_timer_t park;     /* parked reads */
+  rd_req_t *pending;   /* sent, oldest first (circular doubly linked) */
+  rd_req_t *parked;    /* waiting for a SUBSCRIBE confirmation */
+  size_t nqueued;      /* admitted calls not answered yet (pending+parked) */
+  size_t queued_bytes; /* their argument bytes */
 
   /* the pub/sub connection: worker 0 only */
   int has_ps;
@@ -403,11 +400,13 @@ static void rd_epoch_candidate(rd_worker_t *ws, char out[17]) {
   x ^= x >> 27;
   ws->rng = x;
   x *= 0x2545F4914F6CDD1Dull;
-  for (int i = 0; i < 16; i++) out[i] = hex[(x >> (4 * i)) & 15];
+  for (int i = 0; i < 16; i++)
+    out[i] = hex[(x >> (4 * i)) & 15];
   out[16] = '\0';
 }
 
-/* --- keys ------------------------------------------------------------------ */
+/* --- keys ------------------------------------------------------------------
+ */
 
 static char *rd_key(const rd_global_t *g, const char *topic, char kind,
                     size_t *len) {
@@ -490,8 +489,8 @@ static int rd_admit(rd_req_t *r) {
   rd_worker_t *ws = r->ws;
   rd_global_t *g = ws->g;
   if (r->admitted || r->internal) return 0;
-  if (!rd_pending_admit(ws->nqueued, ws->queued_bytes, r->bytes,
-                        g->max_pending, g->max_pending_bytes)) {
+  if (!rd_pending_admit(ws->nqueued, ws->queued_bytes, r->bytes, g->max_pending,
+                        g->max_pending_bytes)) {
     rd_error(g, RD_E_BUSY,
              "worker %u: %zu Redis commands (%zu bytes) in flight: refusing "
              "more until Redis catches up",
@@ -510,7 +509,8 @@ static void rd_req_free(rd_req_t *r) {
     r->ws->queued_bytes -= r->bytes;
   }
   int first = r->script >= 0 ? 2 : 0;
-  for (int i = first; i < r->argc; i++) free(r->argv[i]);
+  for (int i = first; i < r->argc; i++)
+    free(r->argv[i]);
   free(r->argv);
   free(r->argvlen);
   free(r->topic);
@@ -541,12 +541,23 @@ static int rd_send(rd_req_t *r) {
 /* Completes a request with an error status: its callback fires once. */
 static void rd_fail(rd_req_t *r, int status) {
   switch (r->kind) {
-  case RQ_PUBLISH: r->pcb(status, NULL, r->ud); break;
-  case RQ_HISTORY: r->hcb(status, NULL, 0, 0, NULL, 0, r->ud); break;
-  case RQ_POSITION: r->poscb(status, 0, NULL, r->ud); break;
-  case RQ_PLIST: r->prcb(status, NULL, 0, r->ud); break;
-  case RQ_TOPICS: r->tcb(status, NULL, NULL, 0, r->ud); break;
-  default: break;
+  case RQ_PUBLISH:
+    r->pcb(status, NULL, r->ud);
+    break;
+  case RQ_HISTORY:
+    r->hcb(status, NULL, 0, 0, NULL, 0, r->ud);
+    break;
+  case RQ_POSITION:
+    r->poscb(status, 0, NULL, r->ud);
+    break;
+  case RQ_PLIST:
+    r->prcb(status, NULL, 0, r->ud);
+    break;
+  case RQ_TOPICS:
+    r->tcb(status, NULL, NULL, 0, r->ud);
+    break;
+  default:
+    break;
   }
   rd_req_free(r);
 }
@@ -634,7 +645,8 @@ static void rd_done_read(rd_req_t *r, const redisReply *rep) {
     evs[k++] = ev;
   }
   r->hcb(0, evs, k, top, epoch, complete, r->ud);
-  for (size_t i = 0; i < k; i++) host->event_unref(&evs[i]);
+  for (size_t i = 0; i < k; i++)
+    host->event_unref(&evs[i]);
   free(evs);
   rd_req_free(r);
 }
@@ -678,8 +690,8 @@ static void rd_done_topics(rd_req_t *r, const redisReply *rep) {
          counts->element[i]->type == REDIS_REPLY_INTEGER &&
          counts->element[i]->integer >= 0;
   if (!ok) {
-    rd_error(ws->g, rep && rep->type == REDIS_REPLY_ERROR ? RD_E_SCRIPT
-                                                          : RD_E_REPLY,
+    rd_error(ws->g,
+             rep && rep->type == REDIS_REPLY_ERROR ? RD_E_SCRIPT : RD_E_REPLY,
              "topics: unexpected reply");
     rd_fail(r, MW_EUNAVAIL);
     return;
@@ -718,11 +730,19 @@ static void rd_on_reply(redisAsyncContext *ac, void *reply, void *priv) {
     return;
   }
   switch (r->kind) {
-  case RQ_PUBLISH: rd_done_publish(r, rep); break;
+  case RQ_PUBLISH:
+    rd_done_publish(r, rep);
+    break;
   case RQ_HISTORY:
-  case RQ_POSITION: rd_done_read(r, rep); break;
-  case RQ_PLIST: rd_done_plist(r, rep); break;
-  case RQ_TOPICS: rd_done_topics(r, rep); break;
+  case RQ_POSITION:
+    rd_done_read(r, rep);
+    break;
+  case RQ_PLIST:
+    rd_done_plist(r, rep);
+    break;
+  case RQ_TOPICS:
+    rd_done_topics(r, rep);
+    break;
   default:
     if (rep->type == REDIS_REPLY_ERROR)
       rd_error(ws->g, RD_E_SCRIPT, "%.*s: %s", (int)r->argvlen[0], r->argv[0],
@@ -763,8 +783,9 @@ static void rd_cmd_on_connect(const redisAsyncContext *ac, int status) {
     /* hiredis frees the context after this returns. */
     ws->ac = NULL;
     if (!ws->was_down || ws->backoff == 0)
-      rd_error(ws->g, RD_E_CONNECT, "worker %u: cannot connect to Redis %s:%d: %s",
-               ws->id, ws->g->url.host, ws->g->url.port, ac->errstr);
+      rd_error(ws->g, RD_E_CONNECT,
+               "worker %u: cannot connect to Redis %s:%d: %s", ws->id,
+               ws->g->url.host, ws->g->url.port, ac->errstr);
     else
       ws->g->host->metric_add(ws->g->m_errors[RD_E_CONNECT], 1);
     rd_cmd_lost(ws);
@@ -886,7 +907,8 @@ static void rd_cmd_drop(rd_worker_t *ws) {
   if (!ac) return;
   ws->ac = NULL; /* calls made from the callbacks below fail at once */
   redisAsyncFree(ac);
-  if (!ws->stopping) rd_cmd_lost(ws);
+  if (!ws->stopping)
+    rd_cmd_lost(ws);
   else if (ws->connected) {
     ws->connected = 0;
     rd_conn_down(ws->g);
@@ -910,7 +932,8 @@ static void rd_on_tick(uv_timer_t *t) {
       rd_older(now, ws->pending->t0, ws->g->timeout_ms))
     redisAsyncHandleRead(ws->ac);
   now = rd_now_ms(); /* the reads above may have stamped newer times */
-  if (ws->ps && !ws->ps_connected && rd_older(now, ws->ps_t0, ws->g->timeout_ms)) {
+  if (ws->ps && !ws->ps_connected &&
+      rd_older(now, ws->ps_t0, ws->g->timeout_ms)) {
     redisAsyncContext *ps = ws->ps;
     rd_error(ws->g, RD_E_TIMEOUT, "pub/sub: connecting to Redis timed out");
     ws->ps = NULL;
@@ -921,21 +944,24 @@ static void rd_on_tick(uv_timer_t *t) {
       rd_older(now, ws->ps_seen, ws->g->timeout_ms + ws->g->timeout_ms / 2)) {
     /* Heartbeats (below) stopped coming back: a hung Redis. */
     redisAsyncContext *ps = ws->ps;
-    rd_error(ws->g, RD_E_TIMEOUT, "pub/sub: no heartbeat from Redis within %llu ms",
+    rd_error(ws->g, RD_E_TIMEOUT,
+             "pub/sub: no heartbeat from Redis within %llu ms",
              (unsigned long long)ws->g->timeout_ms);
     ws->ps = NULL;
     redisAsyncFree(ps);
     rd_ps_lost(ws);
   }
   if (!ws->ac) return;
-  if (ws->connected && rd_older(now, ws->last_sent, ws->g->timeout_ms / 2 - 1) &&
+  if (ws->connected &&
+      rd_older(now, ws->last_sent, ws->g->timeout_ms / 2 - 1) &&
       (ws->has_ps || !ws->pending)) {
     /* A heartbeat, so that a hung Redis is noticed without traffic: worker 0
      * publishes on the anchor channel, which its pub/sub connection hears. */
     const char *args[] = {ws->has_ps ? "PUBLISH" : "PING", ws->g->chan_prefix,
                           "hb"};
     size_t lens[] = {ws->has_ps ? 7u : 4u, strlen(ws->g->chan_prefix), 2};
-    rd_req_t *r = rd_req_new(ws, RQ_FIRE, -1, 0, ws->has_ps ? 3 : 1, args, lens);
+    rd_req_t *r =
+        rd_req_new(ws, RQ_FIRE, -1, 0, ws->has_ps ? 3 : 1, args, lens);
     r->internal = 1;
     if (rd_send(r)) rd_req_free(r);
   }
@@ -1053,7 +1079,8 @@ static void rd_ps_lost(rd_worker_t *ws) {
   }
   ws->ps_was_down = 1;
   if (ws->stopping) return;
-  ws->ps_backoff = rd_backoff_next(ws->ps_backoff, RD_BACKOFF_MIN, RD_BACKOFF_MAX);
+  ws->ps_backoff =
+      rd_backoff_next(ws->ps_backoff, RD_BACKOFF_MIN, RD_BACKOFF_MAX);
   uv_timer_start(&ws->ps_retry, rd_ps_on_retry, ws->ps_backoff, 0);
 }
 
@@ -1076,8 +1103,9 @@ static void rd_ps_on_connect(const redisAsyncContext *ac, int status) {
   if (status != REDIS_OK) {
     ws->ps = NULL;
     if (ws->ps_backoff == 0)
-      rd_error(ws->g, RD_E_CONNECT, "pub/sub: cannot connect to Redis %s:%d: %s",
-               ws->g->url.host, ws->g->url.port, ac->errstr);
+      rd_error(ws->g, RD_E_CONNECT,
+               "pub/sub: cannot connect to Redis %s:%d: %s", ws->g->url.host,
+               ws->g->url.port, ac->errstr);
     else
       ws->g->host->metric_add(ws->g->m_errors[RD_E_CONNECT], 1);
     rd_ps_lost(ws);
@@ -1108,7 +1136,8 @@ static void rd_ps_on_disconnect(const redisAsyncContext *ac, int status) {
 static void rd_ps_connect(rd_worker_t *ws) {
   redisAsyncContext *ac = redisAsyncConnect(ws->g->url.host, ws->g->url.port);
   if (ac && !ac->err) rd_nodelay(ac);
-  if (!ac || ac->err || (ac->data = ws, rd_uv_attach(ac, ws->loop)) != REDIS_OK) {
+  if (!ac || ac->err ||
+      (ac->data = ws, rd_uv_attach(ac, ws->loop)) != REDIS_OK) {
     if (ac) redisAsyncFree(ac);
     rd_ps_lost(ws);
     return;
@@ -1202,7 +1231,8 @@ static int rd_topic_ready(rd_global_t *g, const char *topic) {
   return ready;
 }
 
-/* --- parked reads ---------------------------------------------------------- */
+/* --- parked reads ----------------------------------------------------------
+ */
 
 static void rd_on_park(uv_timer_t *t) {
   rd_worker_t *ws = t->data;
@@ -1212,7 +1242,8 @@ static void rd_on_park(uv_timer_t *t) {
   while (ws->parked) {
     rd_req_t *r = ws->parked;
     rd_list_del(&ws->parked, r);
-    if (rd_topic_ready(ws->g, r->topic) || rd_older(now, r->t0, ws->g->timeout_ms))
+    if (rd_topic_ready(ws->g, r->topic) ||
+        rd_older(now, r->t0, ws->g->timeout_ms))
       rd_list_add(&todo, r);
     else
       rd_list_add(&keep, r);
@@ -1232,13 +1263,14 @@ static int rd_send_read(rd_worker_t *ws, rd_req_t *r) {
   if (rd_topic_ready(ws->g, r->topic)) return rd_send(r);
   if (rd_admit(r)) return MW_EUNAVAIL;
   r->t0 = rd_now_ms();
-  if (!ws->parked) uv_timer_start(&ws->park, rd_on_park, RD_PARK_TICK_MS,
-                                  RD_PARK_TICK_MS);
+  if (!ws->parked)
+    uv_timer_start(&ws->park, rd_on_park, RD_PARK_TICK_MS, RD_PARK_TICK_MS);
   rd_list_add(&ws->parked, r);
   return 0;
 }
 
-/* --- storage operations ----------------------------------------------------- */
+/* --- storage operations -----------------------------------------------------
+ */
 
 static int rd_usable(rd_worker_t *ws) {
   if (!ws || ws->stopping) return MW_ECANCELED;
@@ -1253,8 +1285,9 @@ static int rd_publish(void *wstate, mw_event_t *draft, mw_store_publish_cb cb,
   if (!draft || !draft->topic || !draft->name || !cb) return MW_EINVAL;
   rd_global_t *g = ws->g;
   if (!draft->data_json.data) {
-    rd_error(g, RD_E_REPLY, "the core hands drafts without data_json: this "
-                            "moonwire is too old for storage_redis");
+    rd_error(g, RD_E_REPLY,
+             "the core hands drafts without data_json: this "
+             "moonwire is too old for storage_redis");
     return MW_EINVAL;
   }
   /* Without the pub/sub connection nothing would reach this node's
@@ -1271,10 +1304,10 @@ static int rd_publish(void *wstate, mw_event_t *draft, mw_store_publish_cb cb,
   snprintf(size, sizeof size, "%zu", g->hist_size);
   snprintf(ttl, sizeof ttl, "%llu", (unsigned long long)g->ttl_ms);
   rd_epoch_candidate(ws, epoch);
-  const char *args[] = {meta, hist, chan, p1.data, p2.data, p3.data,
-                        size, ttl,  epoch};
-  size_t lens[] = {kl, hl, cl, p1.len, p2.len, p3.len,
-                   strlen(size), strlen(ttl), 16};
+  const char *args[] = {meta,    hist, chan, p1.data, p2.data,
+                        p3.data, size, ttl,  epoch};
+  size_t lens[] = {kl,     hl,           cl,          p1.len, p2.len,
+                   p3.len, strlen(size), strlen(ttl), 16};
   rd_req_t *r = rd_req_new(ws, RQ_PUBLISH, RD_S_PUBLISH, 2, 9, args, lens);
   free(meta);
   free(hist);
@@ -1290,8 +1323,8 @@ static int rd_publish(void *wstate, mw_event_t *draft, mw_store_publish_cb cb,
   return rc;
 }
 
-static int rd_read(rd_worker_t *ws, int kind, const char *topic,
-                   uint64_t since, size_t limit, rd_req_t **out) {
+static int rd_read(rd_worker_t *ws, int kind, const char *topic, uint64_t since,
+                   size_t limit, rd_req_t **out) {
   rd_global_t *g = ws->g;
   size_t kl, hl;
   char *meta = rd_key(g, topic, 'm', &kl);
@@ -1343,8 +1376,7 @@ static int rd_history(void *wstate, const char *topic, uint64_t since,
 
 static int rd_healthy(void *wstate) {
   rd_worker_t *ws = wstate;
-  return ws && !ws->stopping && ws->connected &&
-         atomic_load(&ws->g->ps_ready);
+  return ws && !ws->stopping && ws->connected && atomic_load(&ws->g->ps_ready);
 }
 
 /* Sends a fire-and-forget presence script. */
@@ -1387,8 +1419,8 @@ static int rd_presence_add(void *wstate, const char *topic,
   char ik[80];
   size_t il = (size_t)snprintf(ik, sizeof ik, "%stopics", g->prefix);
   const char *args[] = {pk, uk, ik, client_id, u, ttl, topic};
-  size_t lens[] = {pl, ul, il, strlen(client_id), strlen(u), strlen(ttl),
-                   strlen(topic)};
+  size_t lens[] = {pl,        ul,          il,           strlen(client_id),
+                   strlen(u), strlen(ttl), strlen(topic)};
   rd_req_t *r = rd_req_new(ws, RQ_FIRE, RD_S_PADD, 3, 7, args, lens);
   free(pk);
   free(uk);
@@ -1499,11 +1531,13 @@ static void rd_interest(void *wstate, const char *topic, int on) {
   pthread_mutex_unlock(&g->lock);
 }
 
-/* --- lifecycle --------------------------------------------------------------- */
+/* --- lifecycle ---------------------------------------------------------------
+ */
 
 static int rd_init(const mw_host_v1_t *host, mw_plugin_handle_t *self,
                    void **state) {
-  if (!host || host->struct_size < offsetof(mw_host_v1_t, fanout) + sizeof(void *))
+  if (!host ||
+      host->struct_size < offsetof(mw_host_v1_t, fanout) + sizeof(void *))
     return MW_EABI;
   const char *url = host->config_string("redis", NULL);
   if (!url || !*url) {
@@ -1545,20 +1579,21 @@ static int rd_init(const mw_host_v1_t *host, mw_plugin_handle_t *self,
   }
   g->nconns = host->worker_count() + 1;
   pthread_mutex_init(&g->lock, NULL);
-  g->m_up = host->metric(MW_METRIC_GAUGE, "moonwire_redis_up",
-                         "1 when every Redis connection of this node is up",
-                         NULL);
-  g->m_reconnects = host->metric(MW_METRIC_COUNTER,
-                                 "moonwire_redis_reconnects_total",
-                                 "Redis connections re-established", NULL);
-  g->m_commands = host->metric(MW_METRIC_COUNTER, "moonwire_redis_commands_total",
-                               "Redis commands sent", NULL);
+  g->m_up =
+      host->metric(MW_METRIC_GAUGE, "moonwire_redis_up",
+                   "1 when every Redis connection of this node is up", NULL);
+  g->m_reconnects =
+      host->metric(MW_METRIC_COUNTER, "moonwire_redis_reconnects_total",
+                   "Redis connections re-established", NULL);
+  g->m_commands =
+      host->metric(MW_METRIC_COUNTER, "moonwire_redis_commands_total",
+                   "Redis commands sent", NULL);
   for (int i = 0; i < RD_E_COUNT; i++) {
     char labels[64];
     snprintf(labels, sizeof labels, "reason=\"%s\"", rd_reason_names[i]);
-    g->m_errors[i] = host->metric(MW_METRIC_COUNTER, "moonwire_redis_errors_total",
-                                  i == 0 ? "Redis errors, by reason" : NULL,
-                                  labels);
+    g->m_errors[i] =
+        host->metric(MW_METRIC_COUNTER, "moonwire_redis_errors_total",
+                     i == 0 ? "Redis errors, by reason" : NULL, labels);
   }
   host->log(MW_LOG_INFO, RD_SUBSYS,
             "Redis %s:%d db %d, history size %zu, ttl %llu s, timeout %llu ms",

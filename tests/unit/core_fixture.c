@@ -34,8 +34,8 @@ void fixture_history_fire(void) {
   answer_history();
 }
 
-static int fx_history(void *ws, const char *topic, uint64_t since,
-                      size_t limit, mw_store_history_cb cb, void *ud) {
+static int fx_history(void *ws, const char *topic, uint64_t since, size_t limit,
+                      mw_store_history_cb cb, void *ud) {
   fixture_store.cb = cb;
   fixture_store.ud = ud;
   fixture_store.since = since;
@@ -125,7 +125,8 @@ void fixture_done(core_fixture_t *f) {
   free(w->read_buf);
   uv_mutex_destroy(&w->inbox_lock);
   free(f->server.routes);
-  for (size_t i = 0; i < f->npeers; i++) close(f->peers[i]);
+  for (size_t i = 0; i < f->npeers; i++)
+    close(f->peers[i]);
   mw__config_free(&f->cfg);
   mw__server_install(NULL);
 }

@@ -17,7 +17,7 @@ typedef struct fixture_storage {
   uint64_t top_seq;
   const char *epoch;
   int complete;
-  int deferred;                /* 1: keep the callback for later */
+  int deferred; /* 1: keep the callback for later */
   mw_store_history_cb cb;
   void *ud;
   uint64_t since;

@@ -121,8 +121,8 @@ typedef struct fake_state {
   int connect_status;     /* client_connect returns this (0: allowed) */
   int connect_code;       /* ... with this code */
   const char *connect_reason;
-  char connect_token[64]; /* the token client_connect was given ("" none) */
-  int connects;           /* client_connect calls */
+  char connect_token[64];     /* the token client_connect was given ("" none) */
+  int connects;               /* client_connect calls */
   const char *subscribe_deny; /* subscribe answers MW_EDENIED for this topic */
   const char *presence_json;  /* presence answers this (NULL: MW_ENOTFOUND) */
   int recover_recovered;      /* subscribe_since reports this */
@@ -130,12 +130,12 @@ typedef struct fake_state {
   char recover_epoch[40];
   char disconnect_reason[64]; /* what client_disconnect was told */
   /* ABI 1.2 additions */
-  int cors_deny;            /* http_cors answers MW_EDENIED */
-  const char *cors_headers; /* ... otherwise copies these (NULL: "") */
-  int subscribe_deny_code;  /* with subscribe_deny_reason: what */
+  int cors_deny;                     /* http_cors answers MW_EDENIED */
+  const char *cors_headers;          /* ... otherwise copies these (NULL: "") */
+  int subscribe_deny_code;           /* with subscribe_deny_reason: what */
   const char *subscribe_deny_reason; /* client_error tells after a deny */
-  int subscribe_denied;     /* the last refusal was a subscribe deny */
-  int recover_status;       /* subscribe_since's callback status (0) */
+  int subscribe_denied;              /* the last refusal was a subscribe deny */
+  int recover_status;                /* subscribe_since's callback status (0) */
   mw_event_t **recover_replay; /* delivered after the callback, like the */
   int recover_nreplay;         /* core's history replay (when recovered) */
 } fake_state_t;

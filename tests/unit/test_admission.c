@@ -37,8 +37,7 @@ static void test_config_defaults(void **state) {
   char *argv[] = {"moonwire"};
   assert_int_equal(mw__config_load(&cfg, 1, argv, err, sizeof err),
                    MW_CONFIG_RUN);
-  assert_int_equal(mw__config_int(&cfg, "limits.publish_backlog", 0),
-                   16 << 20);
+  assert_int_equal(mw__config_int(&cfg, "limits.publish_backlog", 0), 16 << 20);
   assert_int_equal(mw__config_int(&cfg, "limits.publish_lag_ms", 0), 1000);
   mw__config_free(&cfg);
 }
@@ -122,7 +121,7 @@ static void test_admit_first_burst(void **state) {
   (void)state;
   two_t *t = two_setup("1280000", "0");
   mw_worker_t *a = &t->workers[0];
-  a->conn_count = 1000;             /* 128,000 bytes per event assumed */
+  a->conn_count = 1000;              /* 128,000 bytes per event assumed */
   atomic_store(&a->inbox_depth, 10); /* 1,280,000: not above */
   assert_int_equal(mw__publish_admit(a), 0);
   atomic_store(&a->inbox_depth, 11);
@@ -185,8 +184,8 @@ static void test_publish_refused_stores_nothing(void **state) {
   assert_int_equal(ans.status, MW_EUNAVAIL);
   assert_ptr_equal(ans.reason, mw__publish_overload_reason);
   assert_int_equal(mw__publish_http_status(ans.status), 503);
-  mw_publish_req_t req = {.topic = "t", .event = "E", .data_json = "{",
-                          .data_len = 1};
+  mw_publish_req_t req = {
+      .topic = "t", .event = "E", .data_json = "{", .data_len = 1};
   memset(&ans, 0, sizeof ans);
   /* The host-table form refuses before parsing (the data is malformed). */
   assert_int_equal(mw__publish(&t->workers[0], &req, NULL, on_answer, &ans), 0);

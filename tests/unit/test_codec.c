@@ -15,15 +15,15 @@ static void test_utf8(void **state) {
   } cases[] = {
       {"plain ascii", 1},
       {"caf\xc3\xa9", 1},
-      {"\xe2\x82\xac", 1},         /* euro sign */
-      {"\xf0\x9f\x98\x80", 1},     /* emoji */
-      {"\xc0\xaf", 0},             /* overlong '/' */
-      {"\xe0\x80\xaf", 0},         /* overlong, 3 bytes */
-      {"\xed\xa0\x80", 0},         /* surrogate */
-      {"\xf4\x90\x80\x80", 0},     /* above U+10FFFF */
-      {"\xc3", 0},                 /* truncated */
-      {"\xe2\x82", 0},             /* truncated */
-      {"\x80", 0},                 /* lone continuation */
+      {"\xe2\x82\xac", 1},     /* euro sign */
+      {"\xf0\x9f\x98\x80", 1}, /* emoji */
+      {"\xc0\xaf", 0},         /* overlong '/' */
+      {"\xe0\x80\xaf", 0},     /* overlong, 3 bytes */
+      {"\xed\xa0\x80", 0},     /* surrogate */
+      {"\xf4\x90\x80\x80", 0}, /* above U+10FFFF */
+      {"\xc3", 0},             /* truncated */
+      {"\xe2\x82", 0},         /* truncated */
+      {"\x80", 0},             /* lone continuation */
       {"\xff", 0},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)

@@ -51,8 +51,8 @@ static void test_defaults(void **state) {
 static void test_flags_both_forms(void **state) {
   mw_config_t cfg;
   char err[256];
-  const char *args[] = {"--listen", "[::1]:9000", "--workers=3",
-                        "--log-format", "json", NULL};
+  const char *args[] = {"--listen",     "[::1]:9000", "--workers=3",
+                        "--log-format", "json",       NULL};
   assert_int_equal(load(&cfg, err, args), MW_CONFIG_RUN);
   assert_string_equal(cfg.listen_host, "::1");
   assert_int_equal(cfg.listen_port, 9000);
@@ -63,10 +63,10 @@ static void test_flags_both_forms(void **state) {
 
 static void test_bad_flags_exit_2(void **state) {
   const char *cases[][3] = {
-      {"--nope", NULL, NULL},       {"--workers", "zero", NULL},
-      {"--workers", "0", NULL},     {"--listen", "nowhere", NULL},
+      {"--nope", NULL, NULL},        {"--workers", "zero", NULL},
+      {"--workers", "0", NULL},      {"--listen", "nowhere", NULL},
       {"--log-level", "loud", NULL}, {"--listen", NULL, NULL},
-      {"positional", NULL, NULL},   {"--log-format", "xml", NULL},
+      {"positional", NULL, NULL},    {"--log-format", "xml", NULL},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     mw_config_t cfg;
@@ -91,11 +91,11 @@ static void test_not_available_yet(void **state) {
 }
 
 static void test_file_and_precedence(void **state) {
-  char *path = write_file(
-      "local port = 7000\n"
-      "return { listen = '127.0.0.1:' .. port, workers = 2,\n"
-      "  history = { size = 10, ttl = 60 },\n"
-      "  limits = { idle_timeout = 5 }, api_key = 'from-file' }\n");
+  char *path =
+      write_file("local port = 7000\n"
+                 "return { listen = '127.0.0.1:' .. port, workers = 2,\n"
+                 "  history = { size = 10, ttl = 60 },\n"
+                 "  limits = { idle_timeout = 5 }, api_key = 'from-file' }\n");
   mw_config_t cfg;
   char err[256];
   const char *args[] = {"--config", path, "--api-key", "from-flag", NULL};

@@ -72,9 +72,8 @@ static void queue_mix(mw_conn_t *c, expect_t *e, mw_event_t *ev, int n,
       assert_int_equal(mw__conn_write(c, big, sizeof big, 1), 0);
       expect_add(e, big, sizeof big);
     } else {
-      assert_int_equal(mw__conn_write_event(c, "data: ", 6, ev, MW_WIRE_JSON,
-                                            "\n\n", 2),
-                       0);
+      assert_int_equal(
+          mw__conn_write_event(c, "data: ", 6, ev, MW_WIRE_JSON, "\n\n", 2), 0);
       expect_add(e, "data: ", 6);
       expect_add(e, ev->wire[MW_WIRE_JSON].data, ev->wire[MW_WIRE_JSON].len);
       expect_add(e, "\n\n", 2);
@@ -91,8 +90,10 @@ static char *drain_peer(core_fixture_t *f, int fd, size_t want, size_t *got) {
   size_t n = 0;
   for (int round = 0; n < want && round < 10000; round++) {
     ssize_t r = read(fd, out + n, want - n);
-    if (r > 0) n += (size_t)r;
-    else if (r < 0) assert_true(errno == EAGAIN || errno == EWOULDBLOCK);
+    if (r > 0)
+      n += (size_t)r;
+    else if (r < 0)
+      assert_true(errno == EAGAIN || errno == EWOULDBLOCK);
     uv_run(&f->worker.loop, UV_RUN_NOWAIT);
     mw__conn_flush_dirty(&f->worker); /* the prepare handle's work */
   }

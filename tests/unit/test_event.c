@@ -104,7 +104,8 @@ static void test_wire_buffers_fit(void **state) {
 static void test_seal_matches_jansson(void **state) {
   check_like_jansson("plain:topic-1", "UPDATED", "4bf92f3577b34da6");
   check_like_jansson("we\"ird\\to/pic\x7f", "na\"me\ttab", NULL);
-  check_like_jansson("caf\xc3\xa9:\xf0\x9f\x98\x80", "\xe2\x82\xac", "a.b:c-d_e");
+  check_like_jansson("caf\xc3\xa9:\xf0\x9f\x98\x80", "\xe2\x82\xac",
+                     "a.b:c-d_e");
 }
 
 /* The text builder refuses invalid UTF-8 (jansson would too). */
@@ -118,7 +119,8 @@ static void test_json_text_invalid_utf8(void **state) {
   assert_null(mw__jt_finish(&t, &len));
   assert_int_equal(len, 99);
   mw__jt_init(&t, 0);
-  for (int i = 0; i < 100; i++) mw__jt_string(&t, "x\"", 2); /* grows */
+  for (int i = 0; i < 100; i++)
+    mw__jt_string(&t, "x\"", 2); /* grows */
   mw__jt_u64(&t, 0);
   mw__jt_u64(&t, UINT64_MAX);
   char *out = mw__jt_finish(&t, &len);
@@ -161,18 +163,24 @@ static void test_parse_roundtrip(void **state) {
   assert_int_equal(copy->seq, 5);
   assert_string_equal(copy->topic, "t");
   assert_int_equal(copy->wire[MW_WIRE_JSON].len, ev->wire[MW_WIRE_JSON].len);
-  assert_memory_equal(copy->wire[MW_WIRE_JSON].data, ev->wire[MW_WIRE_JSON].data,
-                      ev->wire[MW_WIRE_JSON].len);
+  assert_memory_equal(copy->wire[MW_WIRE_JSON].data,
+                      ev->wire[MW_WIRE_JSON].data, ev->wire[MW_WIRE_JSON].len);
   mw_event_unref(&copy);
   mw_event_unref(&ev);
 }
 
 static void test_parse_rejects_bad_input(void **state) {
   const char *bad[] = {
-      "", "{", "[]", "{\"type\":\"event\"}",
-      "{\"type\":\"ack\",\"topic\":\"t\",\"event\":\"E\",\"seq\":1,\"data\":{}}",
-      "{\"type\":\"event\",\"topic\":\"t\",\"event\":\"E\",\"seq\":0,\"data\":{}}",
-      "{\"type\":\"event\",\"topic\":\"t\",\"event\":\"E\",\"seq\":1,\"data\":3}",
+      "",
+      "{",
+      "[]",
+      "{\"type\":\"event\"}",
+      "{\"type\":\"ack\",\"topic\":\"t\",\"event\":\"E\",\"seq\":1,\"data\":{}"
+      "}",
+      "{\"type\":\"event\",\"topic\":\"t\",\"event\":\"E\",\"seq\":0,\"data\":{"
+      "}}",
+      "{\"type\":\"event\",\"topic\":\"t\",\"event\":\"E\",\"seq\":1,\"data\":"
+      "3}",
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     mw_event_t *out = (mw_event_t *)1;

@@ -106,8 +106,8 @@ static void route_take_try(mw_http_request_t *req, void *ws) {
 
 static void route_take(mw_http_request_t *req, void *ws) {
   static const char head[] = "HTTP/1.1 101 Switching Protocols\r\n\r\n";
-  assert_non_null(mw__http_take(req, head, sizeof head - 1, &take_handler,
-                                NULL));
+  assert_non_null(
+      mw__http_take(req, head, sizeof head - 1, &take_handler, NULL));
 }
 
 static int setup(void **state) {
@@ -151,7 +151,8 @@ static void feed(mw_conn_t *c, const char *s) {
 
 static size_t count(const char *hay, const char *needle) {
   size_t n = 0;
-  for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle)) n++;
+  for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle))
+    n++;
   return n;
 }
 
@@ -186,7 +187,8 @@ static void test_pipelined_in_order(void **state) {
 static void test_byte_by_byte(void **state) {
   mw_conn_t *c = fixture_conn(*state);
   const char *req = "GET /echo?q=slow HTTP/1.1\r\nHost: t\r\n\r\n";
-  for (size_t i = 0; req[i]; i++) mw__http_on_data(c, req + i, 1);
+  for (size_t i = 0; req[i]; i++)
+    mw__http_on_data(c, req + i, 1);
   char *out = fixture_output(c, NULL);
   assert_int_equal(count(out, "HTTP/1.1 200 OK"), 1);
   assert_non_null(strstr(out, "slow"));
@@ -235,7 +237,8 @@ static void test_big_headers_are_431(void **state) {
 static void test_too_many_headers_are_431(void **state) {
   mw_conn_t *c = fixture_conn(*state);
   feed(c, "GET /echo HTTP/1.1\r\n");
-  for (int i = 0; i < 101; i++) feed(c, "X-A: 1\r\n");
+  for (int i = 0; i < 101; i++)
+    feed(c, "X-A: 1\r\n");
   feed(c, "\r\n");
   char *out = fixture_output(c, NULL);
   assert_true(strncmp(out, "HTTP/1.1 431 ", 13) == 0);
@@ -258,7 +261,8 @@ static void test_big_chunked_body_is_413(void **state) {
   strcpy(chunk, "10000\r\n");
   memset(chunk + 7, 'z', 0x10000);
   strcpy(chunk + 7 + 0x10000, "\r\n");
-  for (int i = 0; i < 17 && !c->closing; i++) feed(c, chunk);
+  for (int i = 0; i < 17 && !c->closing; i++)
+    feed(c, chunk);
   char *out = fixture_output(c, NULL);
   assert_true(strncmp(out, "HTTP/1.1 413 ", 13) == 0);
   free(out);
@@ -347,14 +351,14 @@ static void test_headers_lowercased(void **state) {
   mw__http_respond(held, 204, "text/plain", NULL, "", 0);
 }
 
-
 /* --- pipelining --------------------------------------------------------- */
 
 /* Concatenates n copies of `req`. */
 static char *repeat(const char *req, size_t n) {
   size_t l = strlen(req);
   char *out = malloc(l * n + 1);
-  for (size_t i = 0; i < n; i++) memcpy(out + i * l, req, l);
+  for (size_t i = 0; i < n; i++)
+    memcpy(out + i * l, req, l);
   out[l * n] = 0;
   return out;
 }
@@ -370,8 +374,8 @@ static void bodies(const char *out, char *dst, size_t cap) {
     assert_non_null(cl);
     assert_non_null(b);
     size_t n = (size_t)strtoul(cl + 16, NULL, 10);
-    int w = snprintf(dst + used, cap - used, "%s%.*s", used ? "," : "",
-                     (int)n, b + 4);
+    int w = snprintf(dst + used, cap - used, "%s%.*s", used ? "," : "", (int)n,
+                     b + 4);
     assert_true(w > 0 && (size_t)w < cap - used);
     used += (size_t)w;
     p = b + 4 + n - 1;
@@ -667,7 +671,8 @@ static void test_abort_callback_answers_others(void **state) {
   assert_int_equal(f->worker.conn_count, 0);
   /* The first callback answered all four: no other callback ran. */
   assert_int_equal(aborts, 1);
-  for (size_t i = 0; i < nholds; i++) assert_null(holds[i]);
+  for (size_t i = 0; i < nholds; i++)
+    assert_null(holds[i]);
 }
 
 static void test_draining_closes_after_the_last(void **state) {
@@ -737,8 +742,7 @@ int main(void) {
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(test_head_and_absolute_form, setup,
                                       teardown),
-      cmocka_unit_test_setup_teardown(test_headers_lowercased, setup,
-                                      teardown),
+      cmocka_unit_test_setup_teardown(test_headers_lowercased, setup, teardown),
       cmocka_unit_test_setup_teardown(test_pipeline_dispatches_ahead, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_pipeline_mixed_sync_and_held, setup,
@@ -757,14 +761,14 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(test_connection_close_ends_the_pipeline,
                                       setup, teardown),
-      cmocka_unit_test_setup_teardown(test_parse_error_answered_in_order,
-                                      setup, teardown),
-      cmocka_unit_test_setup_teardown(test_limit_error_answered_in_order,
-                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(test_parse_error_answered_in_order, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_limit_error_answered_in_order, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_peer_leaves_mid_pipeline, setup,
                                       teardown),
-      cmocka_unit_test_setup_teardown(test_abort_callback_answers_others,
-                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(test_abort_callback_answers_others, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_draining_closes_after_the_last,
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(test_take_refused_behind_others, setup,

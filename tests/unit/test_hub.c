@@ -1,4 +1,5 @@
-/* Topics, subscriptions, limits and fan-out of one worker's hub (core/hub.c). */
+/* Topics, subscriptions, limits and fan-out of one worker's hub (core/hub.c).
+ */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -155,9 +156,12 @@ static void deliver_seen(mw_client_t *c, mw_event_t *ev, void *ud) {
 
 static const char tenant_policy[] =
     "function on_connect(req)\n"
-    "  if req.token == 'acme' then return {user_id='a1', tenant_id='acme'} end\n"
-    "  if req.token == 'globex' then return {user_id='g1', tenant_id='globex'} end\n"
-    "  if req.token == 'admin' then return {user_id='root', tenant_id='ops', all_tenants=true} end\n"
+    "  if req.token == 'acme' then return {user_id='a1', tenant_id='acme'} "
+    "end\n"
+    "  if req.token == 'globex' then return {user_id='g1', tenant_id='globex'} "
+    "end\n"
+    "  if req.token == 'admin' then return {user_id='root', tenant_id='ops', "
+    "all_tenants=true} end\n"
     "  if req.token == 'nobody' then return nil, 401, 'who are you' end\n"
     "  return {user_id='anon'}\n"
     "end\n"
@@ -188,11 +192,11 @@ static void test_tenant_isolation(void **state) {
   mw_event_t *public_ev = sealed_data("t", 2, json_pack("{s:i}", "x", 1));
   mw__hub_deliver(f->worker.hub, acme_ev);
   mw__hub_deliver(f->worker.hub, public_ev);
-  assert_int_equal(a.got, 2);     /* own tenant + public */
-  assert_int_equal(g.got, 1);     /* public only */
+  assert_int_equal(a.got, 2); /* own tenant + public */
+  assert_int_equal(g.got, 1); /* public only */
   assert_ptr_equal(g.last, public_ev);
-  assert_int_equal(anon.got, 2);  /* no tenant: sees everything */
-  assert_int_equal(admin.got, 2); /* widened explicitly */
+  assert_int_equal(anon.got, 2);       /* no tenant: sees everything */
+  assert_int_equal(admin.got, 2);      /* widened explicitly */
   assert_ptr_equal(a.last, public_ev); /* unchanged: the shared event */
   mw_event_unref(&acme_ev);
   mw_event_unref(&public_ev);
@@ -310,13 +314,14 @@ static void test_deliver_hook_writes_stay_with_the_recipient(void **state) {
          "  return ev\n"
          "end\n");
   /* The hub delivers to the newest subscription first. */
-  const char *order[] = {"keep", "read", "push", "keep", "nested", "keep",
-                         "inplace"};
+  const char *order[] = {"keep",   "read", "push",   "keep",
+                         "nested", "keep", "inplace"};
   enum { N = 7 };
   got_t g[N];
   mw_client_t *c[N];
   memset(g, 0, sizeof g);
-  for (int i = N - 1; i >= 0; i--) c[i] = client_got(f, &g[i], order[i]);
+  for (int i = N - 1; i >= 0; i--)
+    c[i] = client_got(f, &g[i], order[i]);
   for (int round = 0; round < 2; round++) {
     json_t *data = json_loads(
         "{\"x\":\"y\",\"list\":[1,2],\"obj\":{\"k\":\"v\"}}", 0, NULL);
@@ -329,11 +334,11 @@ static void test_deliver_hook_writes_stay_with_the_recipient(void **state) {
         assert_string_equal(g[i].data, "{\"extra\":1,\"list\":[1,2],\"obj\":"
                                        "{\"k\":\"v\"},\"x\":\"y\"}");
       } else if (!strcmp(order[i], "nested")) {
-        assert_string_equal(g[i].data,
-                            "{\"list\":[1,2],\"obj\":{\"k\":\"w\"},\"x\":\"y\"}");
+        assert_string_equal(
+            g[i].data, "{\"list\":[1,2],\"obj\":{\"k\":\"w\"},\"x\":\"y\"}");
       } else if (!strcmp(order[i], "push")) {
-        assert_string_equal(g[i].data,
-                            "{\"list\":[1,2,3],\"obj\":{\"k\":\"v\"},\"x\":\"y\"}");
+        assert_string_equal(
+            g[i].data, "{\"list\":[1,2,3],\"obj\":{\"k\":\"v\"},\"x\":\"y\"}");
       } else {
         assert_string_equal(g[i].data, orig);
         assert_ptr_equal(g[i].last, ev); /* the shared bytes */
@@ -341,7 +346,8 @@ static void test_deliver_hook_writes_stay_with_the_recipient(void **state) {
     }
     mw_event_unref(&ev);
   }
-  for (int i = 0; i < N; i++) mw__client_free(&c[i]);
+  for (int i = 0; i < N; i++)
+    mw__client_free(&c[i]);
 }
 
 /* Records seqs in order. */
@@ -370,14 +376,17 @@ static void on_recover(int status, const char *topic, int recovered,
 static mw_event_t *evs[16];
 
 static void make_history(uint64_t upto) {
-  for (uint64_t i = 1; i <= upto; i++) evs[i] = sealed("t", i);
-  for (uint64_t i = 1; i <= upto; i++) fixture_store.history[i - 1] = evs[i];
+  for (uint64_t i = 1; i <= upto; i++)
+    evs[i] = sealed("t", i);
+  for (uint64_t i = 1; i <= upto; i++)
+    fixture_store.history[i - 1] = evs[i];
   fixture_store.nhistory = upto;
   fixture_store.top_seq = upto;
 }
 
 static void drop_history(uint64_t upto) {
-  for (uint64_t i = 1; i <= upto; i++) mw_event_unref(&evs[i]);
+  for (uint64_t i = 1; i <= upto; i++)
+    mw_event_unref(&evs[i]);
 }
 
 static mw_client_t *seq_client(core_fixture_t *f, seqs_t *s) {
@@ -409,7 +418,8 @@ static void test_recovery_replays_then_live_without_gap_or_dup(void **state) {
   assert_int_equal(s.ack_seq, 5);
   uint64_t want[] = {3, 4, 5, 6, 7};
   assert_int_equal(s.n, 5);
-  for (size_t i = 0; i < 5; i++) assert_int_equal(s.got[i], want[i]);
+  for (size_t i = 0; i < 5; i++)
+    assert_int_equal(s.got[i], want[i]);
   const char *epoch = NULL;
   assert_int_equal(mw__client_position(c, "t", &epoch), 7);
   assert_string_equal(epoch, "e1");
@@ -479,8 +489,8 @@ int main(void) {
           test_deliver_hook_writes_stay_with_the_recipient, setup, teardown),
       cmocka_unit_test_setup_teardown(
           test_recovery_replays_then_live_without_gap_or_dup, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_recovery_other_epoch_is_not_recovered,
-                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_recovery_other_epoch_is_not_recovered, setup, teardown),
       cmocka_unit_test_setup_teardown(test_recovery_incomplete_history, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_recovery_cancelled_by_unsubscribe,

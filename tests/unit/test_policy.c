@@ -1057,7 +1057,8 @@ static const char view_lua[] =
     "    table.sort(keys)\n"
     "    local n = 0\n"
     "    for k, v in next, ev.data do n = n + 1 end\n"
-    "    if table.concat(keys, ',') == 'data,event,id,seq,topic,trace_id,type'\n"
+    "    if table.concat(keys, ',') == "
+    "'data,event,id,seq,topic,trace_id,type'\n"
     "       and n == 4 and #ev.data.tags == 2 and unpack(ev.data.tags) == 'a'\n"
     "       and rawget(ev, 'id') == 'room:1:7' and ev.data.nested.x ==\n"
     "       moonwire.json.null and getmetatable(ev) == nil then\n"
@@ -1120,10 +1121,11 @@ static void test_deliver_view(void **state) {
                  "{\"event\":\"UPDATED\",\"trace_id\":\"tr-1\",\"data\":"
                  "{\"name\":\"Bike\",\"tags\":[\"z\",\"b\"],\"n\":1.5,"
                  "\"nested\":{\"x\":null,\"y\":true,\"e\":[]}}}");
-  expect_changed(p, "objinsert", ev,
-                 "{\"event\":\"UPDATED\",\"trace_id\":\"tr-1\",\"data\":"
-                 "{\"name\":\"Bike\",\"tags\":[\"a\",\"b\"],\"n\":1.5,\"1\":\"q\","
-                 "\"nested\":{\"x\":null,\"y\":true,\"e\":[]}}}");
+  expect_changed(
+      p, "objinsert", ev,
+      "{\"event\":\"UPDATED\",\"trace_id\":\"tr-1\",\"data\":"
+      "{\"name\":\"Bike\",\"tags\":[\"a\",\"b\"],\"n\":1.5,\"1\":\"q\","
+      "\"nested\":{\"x\":null,\"y\":true,\"e\":[]}}}");
   /* Written with the same value: still the event. */
   deliver_as(p, "same", ev, &res);
   assert_int_equal(res.verdict, MW_VERDICT_ALLOW);

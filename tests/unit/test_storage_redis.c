@@ -18,7 +18,8 @@
 static void test_url_ok(void **state) {
   rd_url_t u;
   char err[128];
-  assert_int_equal(rd_url_parse("redis://127.0.0.1:6380/2", &u, err, sizeof err), 0);
+  assert_int_equal(
+      rd_url_parse("redis://127.0.0.1:6380/2", &u, err, sizeof err), 0);
   assert_string_equal(u.host, "127.0.0.1");
   assert_int_equal(u.port, 6380);
   assert_int_equal(u.db, 2);
@@ -29,7 +30,8 @@ static void test_url_ok(void **state) {
   assert_int_equal(u.port, 6379);
   assert_int_equal(u.db, 0);
 
-  assert_int_equal(rd_url_parse("redis://:s3cr%40t@h:1/", &u, err, sizeof err), 0);
+  assert_int_equal(rd_url_parse("redis://:s3cr%40t@h:1/", &u, err, sizeof err),
+                   0);
   assert_string_equal(u.password, "s3cr@t");
   assert_string_equal(u.host, "h");
   assert_int_equal(u.port, 1);
@@ -47,10 +49,22 @@ static void test_url_bad(void **state) {
   rd_url_t u;
   char err[128];
   const char *bad[] = {
-      NULL, "", "http://h:1", "redis://", "redis://:6379", "redis://h:",
-      "redis://h:0", "redis://h:65536", "redis://h:12x", "redis://h/x",
-      "redis://user:pw@h", "redis://pw@h", "redis://h:1?x=1",
-      "redis://[::1", "redis://:%zz@h", "redis://h:1/99999999999",
+      NULL,
+      "",
+      "http://h:1",
+      "redis://",
+      "redis://:6379",
+      "redis://h:",
+      "redis://h:0",
+      "redis://h:65536",
+      "redis://h:12x",
+      "redis://h/x",
+      "redis://user:pw@h",
+      "redis://pw@h",
+      "redis://h:1?x=1",
+      "redis://[::1",
+      "redis://:%zz@h",
+      "redis://h:1/99999999999",
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     err[0] = '\0';
@@ -88,9 +102,10 @@ static void test_envelope(void **state) {
   memset(&p3, 0, sizeof p3);
   rd_envelope_parts("q\"\\t\x01/é", "E\n", "{}", 2, NULL, &p1, &p2, &p3);
   s = join5(&p1, "7", &p2, &p3);
-  assert_string_equal(s, "{\"type\":\"event\",\"topic\":\"q\\\"\\\\t\\u0001/é\","
-                         "\"event\":\"E\\n\",\"seq\":7,\"id\":\"q\\\"\\\\t\\u0001/é:7\","
-                         "\"data\":{}}");
+  assert_string_equal(
+      s, "{\"type\":\"event\",\"topic\":\"q\\\"\\\\t\\u0001/é\","
+         "\"event\":\"E\\n\",\"seq\":7,\"id\":\"q\\\"\\\\t\\u0001/é:7\","
+         "\"data\":{}}");
   free(s);
   free(p1.data);
   free(p2.data);
@@ -127,14 +142,16 @@ static redisReply *r_arr(size_t n, ...) {
   r->elements = n;
   r->element = calloc(n ? n : 1, sizeof *r->element);
   va_start(ap, n);
-  for (size_t i = 0; i < n; i++) r->element[i] = va_arg(ap, redisReply *);
+  for (size_t i = 0; i < n; i++)
+    r->element[i] = va_arg(ap, redisReply *);
   va_end(ap);
   return r;
 }
 
 static void r_free(redisReply *r) {
   if (!r) return;
-  for (size_t i = 0; i < r->elements; i++) r_free(r->element[i]);
+  for (size_t i = 0; i < r->elements; i++)
+    r_free(r->element[i]);
   free(r->element);
   free(r->str);
   free(r);
@@ -164,7 +181,8 @@ static void test_publish_reply(void **state) {
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     why = NULL;
-    assert_int_equal(rd_check_publish_reply(bad[i], &seq, epoch, &why), MW_EINVAL);
+    assert_int_equal(rd_check_publish_reply(bad[i], &seq, epoch, &why),
+                     MW_EINVAL);
     assert_string_equal(why, "reply_type");
     r_free(bad[i]);
   }
@@ -184,7 +202,8 @@ static void test_read_reply(void **state) {
   redisReply *ok = r_arr(4, r_int(9), r_str(REDIS_REPLY_STRING, "ep"), r_int(1),
                          r_arr(2, r_str(REDIS_REPLY_STRING, "1|{}"),
                                r_str(REDIS_REPLY_STRING, "2|{}")));
-  assert_int_equal(rd_check_read_reply(ok, &top, epoch, &complete, &items, &n, &why), 0);
+  assert_int_equal(
+      rd_check_read_reply(ok, &top, epoch, &complete, &items, &n, &why), 0);
   assert_int_equal(top, 9);
   assert_string_equal(epoch, "ep");
   assert_int_equal(complete, 1);
@@ -197,24 +216,28 @@ static void test_read_reply(void **state) {
       r_arr(4, r_int(-1), r_str(REDIS_REPLY_STRING, "ep"), r_int(1), r_arr(0)),
       r_arr(4, r_int(1), r_str(REDIS_REPLY_STRING, "ep"), r_int(2), r_arr(0)),
       r_arr(4, r_int(1), r_str(REDIS_REPLY_STRING, "ep"), r_int(1), r_int(0)),
-      r_arr(4, r_int(1), r_str(REDIS_REPLY_STRING, "ep"), r_int(1), r_arr(1, r_int(3))),
+      r_arr(4, r_int(1), r_str(REDIS_REPLY_STRING, "ep"), r_int(1),
+            r_arr(1, r_int(3))),
       r_arr(4, r_int(1), r_nil(), r_int(1), r_arr(0)),
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-    assert_int_equal(rd_check_read_reply(bad[i], &top, epoch, &complete, &items, &n, &why),
-                     MW_EINVAL);
+    assert_int_equal(
+        rd_check_read_reply(bad[i], &top, epoch, &complete, &items, &n, &why),
+        MW_EINVAL);
     r_free(bad[i]);
   }
 }
 
 static void test_presence_reply(void **state) {
   const char *why;
-  redisReply *ok = r_arr(2, r_arr(2, r_str(REDIS_REPLY_STRING, "c1"),
-                                  r_str(REDIS_REPLY_STRING, "c2")),
+  redisReply *ok = r_arr(2,
+                         r_arr(2, r_str(REDIS_REPLY_STRING, "c1"),
+                               r_str(REDIS_REPLY_STRING, "c2")),
                          r_arr(2, r_str(REDIS_REPLY_STRING, "u1"), r_nil()));
   assert_int_equal(rd_check_presence_reply(ok, &why), 0);
   r_free(ok);
-  redisReply *uneven = r_arr(2, r_arr(1, r_str(REDIS_REPLY_STRING, "c1")), r_arr(0));
+  redisReply *uneven =
+      r_arr(2, r_arr(1, r_str(REDIS_REPLY_STRING, "c1")), r_arr(0));
   assert_int_equal(rd_check_presence_reply(uneven, &why), MW_EINVAL);
   r_free(uneven);
   redisReply *badid = r_arr(2, r_arr(1, r_int(1)), r_arr(1, r_nil()));
@@ -242,18 +265,21 @@ static void test_history_item_and_message(void **state) {
   const char pr[] = "- {\"type\":\"presence\"}";
   assert_int_equal(rd_split_message(pr, strlen(pr), epoch, &json, &len), 0);
   assert_string_equal(epoch, "");
-  assert_int_equal(rd_split_message("nospace", 7, epoch, &json, &len), MW_EINVAL);
+  assert_int_equal(rd_split_message("nospace", 7, epoch, &json, &len),
+                   MW_EINVAL);
   assert_int_equal(rd_split_message(" {}", 3, epoch, &json, &len), MW_EINVAL);
   assert_int_equal(rd_split_message("e ", 2, epoch, &json, &len), MW_EINVAL);
   char longe[200];
   memset(longe, 'a', sizeof longe);
   longe[150] = ' ';
-  assert_int_equal(rd_split_message(longe, sizeof longe, epoch, &json, &len), MW_EINVAL);
+  assert_int_equal(rd_split_message(longe, sizeof longe, epoch, &json, &len),
+                   MW_EINVAL);
 }
 
 static void test_backoff(void **state) {
   uint64_t d = 0, seen[10];
-  for (int i = 0; i < 10; i++) seen[i] = d = rd_backoff_next(d, 100, 5000);
+  for (int i = 0; i < 10; i++)
+    seen[i] = d = rd_backoff_next(d, 100, 5000);
   assert_int_equal(seen[0], 100);
   assert_int_equal(seen[1], 200);
   assert_int_equal(seen[5], 3200);
@@ -276,8 +302,10 @@ static void test_order_local_and_echo(void **state) {
   assert_int_equal(rd_order_echo(&o, 2, "E1"), 0);
   assert_int_equal(o.seq, 2);
   /* A pipeline of replies 3..5: each directly follows. */
-  for (uint64_t s = 3; s <= 5; s++) assert_int_equal(rd_order_local(&o, s, "E1"), 1);
-  for (uint64_t s = 3; s <= 5; s++) assert_int_equal(rd_order_echo(&o, s, "E1"), 0);
+  for (uint64_t s = 3; s <= 5; s++)
+    assert_int_equal(rd_order_local(&o, s, "E1"), 1);
+  for (uint64_t s = 3; s <= 5; s++)
+    assert_int_equal(rd_order_echo(&o, s, "E1"), 0);
   /* Another node's 6 is still on its way when our 7 is answered: 7 waits
    * for its echo, behind 6; both echoes are delivered, in order. */
   assert_int_equal(rd_order_local(&o, 7, "E1"), 0);

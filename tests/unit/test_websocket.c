@@ -406,8 +406,8 @@ static void test_subscribe_since_recovers(void **st) {
                "\"since\":{\"b\":{\"seq\":4,\"epoch\":\"e1\"}}}");
   json_t *j = read_json(c);
   assert_json_str(j, "type", "ack");
-  json_t *b = json_object_get(json_object_get(json_object_get(j, "data"),
-                                              "topics"), "b");
+  json_t *b = json_object_get(
+      json_object_get(json_object_get(j, "data"), "topics"), "b");
   assert_true(json_is_true(json_object_get(b, "recovered")));
   assert_int_equal(json_integer_value(json_object_get(b, "seq")), 9);
   json_decref(j);
@@ -645,15 +645,16 @@ static void test_subscribe_denied_carries_code_and_reason(void **st) {
 }
 
 static void test_presence_ack(void **st) {
-  fake.presence_json = "{\"topic\":\"room:1\",\"clients\":2,\"users\":[\"u1\"]}";
+  fake.presence_json =
+      "{\"topic\":\"room:1\",\"clients\":2,\"users\":[\"u1\"]}";
   mw_conn_t *c = connect_ws(NULL, NULL);
   send_text(c, "{\"type\":\"presence\",\"id\":\"p1\",\"topic\":\"room:1\"}");
   json_t *j = read_json(c);
   assert_json_str(j, "type", "ack");
   assert_json_str(j, "id", "p1");
-  assert_int_equal(
-      json_integer_value(json_object_get(json_object_get(j, "data"), "clients")),
-      2);
+  assert_int_equal(json_integer_value(
+                       json_object_get(json_object_get(j, "data"), "clients")),
+                   2);
   json_decref(j);
   assert_int_equal(fake_calls("presence", "room:1"), 1);
 }
@@ -1162,12 +1163,18 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(test_malformed_json, setup, teardown),
       cmocka_unit_test_setup_teardown(test_ping_pong, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_token_in_request_decides_before_upgrade, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_token_in_request_decides_before_upgrade, setup, teardown),
       cmocka_unit_test_setup_teardown(test_first_message_auth, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_first_message_denied_closes_1008, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_first_message_without_auth_connects_anonymously, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_subscribe_denied_carries_code_and_reason, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_subscribe_since_recovers, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_first_message_denied_closes_1008,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_first_message_without_auth_connects_anonymously, setup,
+          teardown),
+      cmocka_unit_test_setup_teardown(
+          test_subscribe_denied_carries_code_and_reason, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_subscribe_since_recovers, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_presence_ack, setup, teardown),
       cmocka_unit_test_setup_teardown(test_kick_closes_4001, setup, teardown),
       cmocka_unit_test_setup_teardown(test_presence_501, setup, teardown),

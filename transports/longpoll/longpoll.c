@@ -96,7 +96,7 @@ struct lp_poll {
   unsigned full : 1;   /* the cap is reached: later events are left out */
   unsigned kicked : 1; /* POST /api/disconnect: answer now, say so */
   unsigned answer_waiting : 1; /* due, but a topic's position is unknown */
-  size_t positions_pending; /* topic_position calls not answered yet */
+  size_t positions_pending;    /* topic_position calls not answered yet */
   char kick_reason[128];
 };
 

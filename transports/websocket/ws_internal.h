@@ -123,17 +123,17 @@ struct ws_session {
   mw_client_t *client; /* NULL after on_close */
   wslay_event_context_ptr ctx; /* NULL while idle */
   ws_link_t wheel_link;        /* in ws->wheel while in_wheel */
-  uint64_t last_rx;   /* loop time (ms) of the last bytes received */
-  uint64_t next_ping; /* loop time (ms) of the next server ping */
+  uint64_t last_rx;            /* loop time (ms) of the last bytes received */
+  uint64_t next_ping;          /* loop time (ms) of the next server ping */
   ws_session_t *prev, *next;
   unsigned refs;
-  unsigned in_wslay; /* > 0 inside wslay_event_recv/send: sends wait */
+  unsigned in_wslay;   /* > 0 inside wslay_event_recv/send: sends wait */
   ws_bytes_t *in;      /* bytes being fed to wslay_event_recv (on the stack) */
   ws_bytes_t *pending; /* bytes that arrived while http_take ran (ditto) */
   uint64_t rx_left;    /* payload bytes of the current input frame to come */
   uint8_t rx_hdr[10];  /* header bytes of the input frame (mask key left out) */
   uint8_t rx_hlen;     /* header bytes seen, mask key included */
-  unsigned proto : 1;      /* ws_proto_t */
+  unsigned proto : 1;  /* ws_proto_t */
   unsigned rx_in_msg : 1;  /* a fragmented data message is open */
   unsigned taking : 1;     /* inside http_take */
   unsigned closing : 1;    /* conn_close called */
@@ -142,7 +142,7 @@ struct ws_session {
   unsigned close_counted : 1;
   unsigned in_list : 1;
   unsigned in_wheel : 1;
-  unsigned authed : 1;     /* host->client_connect allowed the client */
+  unsigned authed : 1;      /* host->client_connect allowed the client */
   const char *close_reason; /* static text for on_disconnect, or NULL */
 };
 

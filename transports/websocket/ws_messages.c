@@ -218,8 +218,9 @@ static void ws_msg_subscribe(ws_session_t *s, json_t *msg, json_t *id) {
     }
     json_object_foreach(since, k, v) {
       if (!ws_since_valid(v)) {
-        ws_bad(s, id, WS_ERR_INVALID,
-               "since values must be a seq >= 0 or {\"seq\":N,\"epoch\":\"..\"}");
+        ws_bad(
+            s, id, WS_ERR_INVALID,
+            "since values must be a seq >= 0 or {\"seq\":N,\"epoch\":\"..\"}");
         return;
       }
     }
@@ -445,12 +446,12 @@ static int ws_msg_first(ws_session_t *s, json_t *msg, json_t *id,
     return 0;
   }
   int code = 401;
-  int rc = s->host->client_connect(s->client,
-                                   is_auth ? json_string_value(tok) : NULL,
-                                   &code);
+  int rc = s->host->client_connect(
+      s->client, is_auth ? json_string_value(tok) : NULL, &code);
   if (rc) {
     char reason[124];
-    snprintf(reason, sizeof reason, "%s", s->host->client_error(s->client, NULL));
+    snprintf(reason, sizeof reason, "%s",
+             s->host->client_error(s->client, NULL));
     ws_session_fail(s, 1008, reason[0] ? reason : "unauthorized");
     return 0;
   }

@@ -97,7 +97,10 @@ static void ws_track(ws_session_t *s, const uint8_t *p, size_t n) {
     n--;
     if (s->rx_hlen < 2) continue;
     uint8_t l7 = s->rx_hdr[1] & 0x7f;
-    size_t need = 2u + (l7 == 126 ? 2u : l7 == 127 ? 8u : 0u) +
+    size_t need = 2u +
+                  (l7 == 126   ? 2u
+                   : l7 == 127 ? 8u
+                               : 0u) +
                   ((s->rx_hdr[1] & 0x80) ? 4u : 0u);
     if (s->rx_hlen < need) continue;
     uint64_t len = l7;
@@ -183,15 +186,20 @@ static void ws_close_conn(ws_session_t *s) {
 /* A static reason for on_disconnect: the close we sent. */
 static const char *ws_close_reason_text(uint16_t code, const char *reason) {
   switch (code) {
-  case 1001: return reason && !strcmp(reason, "idle timeout") ? "idle timeout"
-                                                              : "going away";
-  case 1002: return "protocol error";
-  case 1007: return "invalid utf-8";
-  case 1008: return reason && !strcmp(reason, "slow consumer")
-                        ? "slow consumer"
-                        : "policy violation";
-  case 1009: return "message too big";
-  default: return "error";
+  case 1001:
+    return reason && !strcmp(reason, "idle timeout") ? "idle timeout"
+                                                     : "going away";
+  case 1002:
+    return "protocol error";
+  case 1007:
+    return "invalid utf-8";
+  case 1008:
+    return reason && !strcmp(reason, "slow consumer") ? "slow consumer"
+                                                      : "policy violation";
+  case 1009:
+    return "message too big";
+  default:
+    return "error";
   }
 }
 

@@ -14,7 +14,8 @@
 #include <stdint.h>
 
 /* The encoded forms of an event. Each holds the complete envelope of SPEC §3
- * ({"type":"event","topic":...,"seq":...,"id":...,"data":...,"trace_id":...}). */
+ * ({"type":"event","topic":...,"seq":...,"id":...,"data":...,"trace_id":...}).
+ */
 typedef enum mw_wire {
   MW_WIRE_JSON = 0,    /* UTF-8 JSON text */
   MW_WIRE_MSGPACK = 1, /* msgpack map with the same keys */
@@ -27,12 +28,12 @@ typedef struct mw_bytes {
 } mw_bytes_t;
 
 typedef struct mw_event {
-  const char *topic;     /* NUL-terminated */
-  const char *name;      /* "ADDED", "UPDATED", ... or a custom string */
-  const char *trace_id;  /* given by the publisher or generated */
-  const char *epoch;     /* storage epoch; NULL while a draft */
-  uint64_t seq;          /* 1, 2, ... per topic; 0 while a draft */
-  mw_bytes_t data_json;  /* the "data" object as compact JSON text */
+  const char *topic;    /* NUL-terminated */
+  const char *name;     /* "ADDED", "UPDATED", ... or a custom string */
+  const char *trace_id; /* given by the publisher or generated */
+  const char *epoch;    /* storage epoch; NULL while a draft */
+  uint64_t seq;         /* 1, 2, ... per topic; 0 while a draft */
+  mw_bytes_t data_json; /* the "data" object as compact JSON text */
   mw_bytes_t wire[MW_WIRE_COUNT]; /* empty while a draft */
 } mw_event_t;
 

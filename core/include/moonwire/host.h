@@ -17,12 +17,12 @@
 #include "moonwire/errno.h"
 #include "moonwire/event.h"
 
-typedef struct mw_worker mw_worker_t;        /* one event loop + thread */
+typedef struct mw_worker mw_worker_t;             /* one event loop + thread */
 typedef struct mw_http_request mw_http_request_t; /* one parsed request */
-typedef struct mw_conn mw_conn_t;            /* a taken-over connection */
-typedef struct mw_client mw_client_t;        /* a subscriber in the hub */
+typedef struct mw_conn mw_conn_t;                 /* a taken-over connection */
+typedef struct mw_client mw_client_t;             /* a subscriber in the hub */
 typedef struct mw_plugin_handle mw_plugin_handle_t; /* the plugin itself */
-typedef struct mw_metric mw_metric_t;        /* one metric series */
+typedef struct mw_metric mw_metric_t;               /* one metric series */
 
 typedef enum mw_log_level {
   MW_LOG_ERROR = 0,
@@ -87,7 +87,10 @@ typedef struct mw_publish_req {
 typedef void (*mw_recover_cb)(int status, const char *topic, int recovered,
                               uint64_t seq, const char *epoch, void *ud);
 
-typedef enum mw_metric_type { MW_METRIC_COUNTER = 0, MW_METRIC_GAUGE = 1 } mw_metric_type_t;
+typedef enum mw_metric_type {
+  MW_METRIC_COUNTER = 0,
+  MW_METRIC_GAUGE = 1
+} mw_metric_type_t;
 
 typedef struct mw_host_v1 {
   uint32_t struct_size; /* sizeof(mw_host_v1_t) of the core */
@@ -259,8 +262,7 @@ typedef struct mw_host_v1 {
    * the server API. MW_ENOTFOUND when the storage keeps no presence. Fires
    * exactly once unless this returns an error. */
   int (*presence)(mw_worker_t *w, mw_client_t *c, const char *topic,
-                  void (*cb)(int status, const char *json, void *ud),
-                  void *ud);
+                  void (*cb)(int status, const char *json, void *ud), void *ud);
   /* How the core asks the transport to close this client's connection
    * (POST /api/disconnect): `kick(c, reason, ud)` with the client's ud. The
    * transport closes asynchronously (WebSocket: close 4001). */

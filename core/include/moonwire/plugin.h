@@ -76,8 +76,7 @@ typedef struct mw_storage_v1 {
   int (*publish)(void *wstate, mw_event_t *draft, mw_store_publish_cb cb,
                  void *ud);
   /* Current seq and epoch of a topic. */
-  int (*position)(void *wstate, const char *topic, mw_position_cb cb,
-                  void *ud);
+  int (*position)(void *wstate, const char *topic, mw_position_cb cb, void *ud);
   /* Events of `topic` with seq > since, at most `limit`. */
   int (*history)(void *wstate, const char *topic, uint64_t since, size_t limit,
                  mw_store_history_cb cb, void *ud);
@@ -94,8 +93,8 @@ typedef struct mw_storage_v1 {
   int (*presence_remove)(void *wstate, const char *topic,
                          const char *client_id);
   /* The live entries of a topic, on every node. */
-  int (*presence_list)(void *wstate, const char *topic,
-                       mw_store_presence_cb cb, void *ud);
+  int (*presence_list)(void *wstate, const char *topic, mw_store_presence_cb cb,
+                       void *ud);
   /* Fans a sealed, unsequenced event (seq 0: presence join/leave) out to
    * every node without storing it (on this node through host->fanout). */
   int (*broadcast)(void *wstate, mw_event_t *ev);
@@ -122,8 +121,7 @@ typedef struct mw_plugin_v1 {
 
   /* Main thread. `self` identifies the plugin to http_route. *state is the
    * plugin's global state (may stay NULL). 0 or a negative MW_E*. */
-  int (*init)(const mw_host_v1_t *host, mw_plugin_handle_t *self,
-              void **state);
+  int (*init)(const mw_host_v1_t *host, mw_plugin_handle_t *self, void **state);
   /* Worker thread. *wstate is handed to route handlers and storage calls. */
   int (*worker_start)(void *state, mw_worker_t *w, void **wstate);
   /* Worker thread, optional: begin a graceful shutdown. */
@@ -140,9 +138,9 @@ typedef struct mw_plugin_v1 {
 } mw_plugin_v1_t;
 
 /* The first fields of every plugin struct. */
-#define MW_PLUGIN_V1_HEADER(kind_, name_, version_)                          \
-  .abi_major = MW_ABI_MAJOR, .abi_minor = MW_ABI_MINOR,                       \
-  .struct_size = sizeof(mw_plugin_v1_t), .kind = (kind_), .name = (name_),    \
+#define MW_PLUGIN_V1_HEADER(kind_, name_, version_)                            \
+  .abi_major = MW_ABI_MAJOR, .abi_minor = MW_ABI_MINOR,                        \
+  .struct_size = sizeof(mw_plugin_v1_t), .kind = (kind_), .name = (name_),     \
   .version = (version_)
 
 #endif
