@@ -14,7 +14,7 @@ if [ "${1:-all}" != "build" ]; then
     redis-server python3 python3-websockets python3-msgpack
     nginx-light libnginx-mod-nchan
     python3-fastapi python3-uvicorn gnuplot-nox
-    nodejs chromium
+    nodejs chromium clang-format
   )
 fi
 missing=()

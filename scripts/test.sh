@@ -10,6 +10,9 @@ jobs=$(nproc)
 echo "== npm ci (tests/js: ws, eventsource, playwright-core, react)"
 (cd tests/js && npm ci --no-audit --no-fund)
 
+echo "== format (the committed .clang-format)"
+git ls-files -z '*.c' '*.h' | xargs -0 clang-format --dry-run -Werror
+
 echo "== build"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$jobs"
