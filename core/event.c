@@ -93,8 +93,8 @@ static int encode_wire(event_impl_t *e, const char *type, uint64_t seq,
 
   /* msgpack_sbuffer would start at 8 KiB (MSGPACK_SBUFFER_INIT_SIZE), kept
    * for the event's life in every history slot: start at the JSON text's
-   * size instead (msgpack is no larger for what JSON carries, bar a few
-   * header bytes) and trim what is left over. */
+   * size instead (msgpack is usually smaller; floats, 9 bytes each, can
+   * make it larger, and the buffer then grows) and trim what is left. */
   msgpack_sbuffer sb;
   msgpack_sbuffer_init(&sb);
   sb.alloc = (text ? text_len : parts) + 32;

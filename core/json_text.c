@@ -18,7 +18,7 @@ void mw__jt_init(mw_json_text_t *t, size_t hint) {
 /* Room for n more bytes and the NUL. */
 static void reserve(mw_json_text_t *t, size_t n) {
   if (t->len + n < t->cap) return;
-  size_t cap = t->cap * 2;
+  size_t cap = t->cap ? t->cap * 2 : 64; /* 0 after mw__jt_finish */
   while (t->len + n >= cap)
     cap *= 2;
   t->data = mw_xrealloc(t->data, cap);
@@ -92,5 +92,6 @@ char *mw__jt_finish(mw_json_text_t *t, size_t *len) {
   }
   t->data = NULL;
   t->len = t->cap = 0;
+  t->failed = 0;
   return out;
 }

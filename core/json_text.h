@@ -33,7 +33,8 @@ void mw__jt_string(mw_json_text_t *t, const char *s, size_t n);
 void mw__jt_u64(mw_json_text_t *t, uint64_t v);
 
 /* The text (malloc'd, NUL-terminated; the caller frees it) and its length
- * in *len; NULL (and the buffer freed) if t->failed. t is empty after. */
+ * in *len; NULL (and the buffer freed) if t->failed. t is empty after (and
+ * may be appended to again). */
 char *mw__jt_finish(mw_json_text_t *t, size_t *len);
 
 #endif

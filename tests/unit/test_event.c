@@ -128,6 +128,12 @@ static void test_json_text_invalid_utf8(void **state) {
   assert_int_equal(len, 100 * 5 + 1 + 20);
   assert_memory_equal(out + 500, "018446744073709551615", 21);
   free(out);
+  /* Empty after finish, and usable again. */
+  mw__jt_lit(&t, "{}");
+  out = mw__jt_finish(&t, &len);
+  assert_string_equal(out, "{}");
+  assert_int_equal(len, 2);
+  free(out);
 }
 
 /* A presence message has no seq, id or trace id. */
