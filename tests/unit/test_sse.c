@@ -276,6 +276,50 @@ static void test_head_retry_and_event_framing(void **st) {
   free(c2);
 }
 
+/* Streams of one topic share the worker's id line for an event (built
+ * once); a stream of several topics gets its own; a new seq or epoch is a
+ * new line. The bytes are the cursor's either way. */
+static void test_single_topic_ids_shared(void **st) {
+  fake.position_seq = 7;
+  mw_conn_t *c1 = get_sse("a", NULL, NULL)->taken;
+  mw_conn_t *c2 = get_sse("a", NULL, NULL)->taken;
+  mw_conn_t *cm = get_sse("a,b", NULL, NULL)->taken;
+  assert_non_null(c1);
+  assert_non_null(c2);
+  assert_non_null(cm);
+  mw_conn_t *all[] = {c1, c2, cm};
+  char *q1 = cursor_of(1, "a", 7, "e1"),
+       *qm = cursor_of(2, "a", 7, "e1", "b", 7, "e1");
+  for (int i = 0; i < 3; i++) {
+    expect_out(all[i], HEAD "\r\n");
+    expect_out(all[i], "retry: 2000\n\n");
+    expect_id_block(all[i], i < 2 ? q1 : qm);
+  }
+  tev_t e8, e9;
+  mk_event(&e8, "a", 8, "e1");
+  mk_event(&e9, "a", 8, "e2"); /* same seq, another epoch */
+  assert_int_equal(fake_hub_deliver("a", &e8.ev), 3);
+  char *a8 = cursor_of(1, "a", 8, "e1");
+  char *m8 = cursor_of(2, "a", 8, "e1", "b", 7, "e1");
+  expect_event(c1, a8, &e8);
+  expect_event(c2, a8, &e8);
+  expect_event(cm, m8, &e8);
+  assert_int_equal(fake_hub_deliver("a", &e9.ev), 3);
+  char *a9 = cursor_of(1, "a", 8, "e2");
+  char *m9 = cursor_of(2, "a", 8, "e2", "b", 7, "e1");
+  expect_event(c1, a9, &e9);
+  expect_event(c2, a9, &e9);
+  expect_event(cm, m9, &e9);
+  for (int i = 0; i < 3; i++)
+    expect_nothing_more(all[i]);
+  free(q1);
+  free(qm);
+  free(a8);
+  free(m8);
+  free(a9);
+  free(m9);
+}
+
 static void test_resume_last_event_id(void **st) {
   fake.position_seq = 5; /* the topic's current position */
   fake.recover_recovered = 1;
@@ -473,6 +517,8 @@ static void test_heartbeat(void **st) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_bad_topics_400, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_single_topic_ids_shared, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_too_many_topics_400, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_duplicates_ignored, setup, teardown),

@@ -56,6 +56,16 @@ typedef struct sse_plugin {
 
 typedef struct sse_stream sse_stream_t;
 
+/* The id line last built for a stream whose cursor holds one topic: it
+ * depends only on (topic, seq, epoch), so the other streams of that topic
+ * reuse it for the same event instead of encoding their own. */
+typedef struct sse_id_cache {
+  char *topic, *epoch; /* owned; NULL: empty */
+  uint64_t seq;
+  char *line; /* "id: <cursor>\n\n", owned */
+  size_t len; /* of line, both newlines included */
+} sse_id_cache_t;
+
 /* Per worker: the open streams (for heartbeats, drain and stop). */
 typedef struct sse_worker {
   sse_plugin_t *p;
@@ -64,6 +74,7 @@ typedef struct sse_worker {
   sse_stream_t *streams; /* doubly linked */
   uv_timer_t heartbeat;
   int draining;
+  sse_id_cache_t id_cache;
 } sse_worker_t;
 
 /* The user data of one pending host callback on a stream's topic. */
@@ -153,26 +164,90 @@ static void sse_close(sse_stream_t *s, const char *reason) {
 
 /* --- writing -------------------------------------------------------------- */
 
+/* "id: <cursor>\n\n" (malloc'd, *len its length), or NULL when no
+ * cursor can be built (no position known, or longer than a cursor may
+ * be). */
+static char *sse_id_line(sse_stream_t *s, size_t *len) {
+  char *cursor = tp_cursor(s->host, s->client, &s->topics);
+  if (!cursor) return NULL;
+  size_t n = strlen(cursor);
+  char *line = malloc(n + 6);
+  if (line) {
+    memcpy(line, "id: ", 4);
+    memcpy(line + 4, cursor, n);
+    line[4 + n] = '\n';
+    line[5 + n] = '\n';
+    *len = n + 6;
+  }
+  free(cursor);
+  return line;
+}
+
+static void sse_id_cache_clear(sse_id_cache_t *c) {
+  free(c->topic);
+  free(c->epoch);
+  free(c->line);
+  memset(c, 0, sizeof *c);
+}
+
+/* The id line of a stream whose cursor holds exactly one topic, from the
+ * worker's cache (built and kept on a miss). NULL: several topics or none
+ * (or no memory): the caller builds its own. Borrowed: valid until the
+ * next call on this worker. */
+static const char *sse_id_cached(sse_stream_t *s, size_t *len) {
+  sse_worker_t *sw = s->sw;
+  if (!sw) return NULL;
+  const tp_topic_t *one = NULL;
+  uint64_t seq = 0;
+  const char *epoch = NULL;
+  for (size_t i = 0; i < s->topics.n; i++) {
+    const tp_topic_t *t = &s->topics.t[i];
+    uint64_t sq;
+    const char *ep;
+    if (t->refused || !tp_position(s->host, s->client, t, &sq, &ep)) continue;
+    if (one) return NULL; /* several: a cursor of its own */
+    one = t;
+    seq = sq;
+    epoch = ep;
+  }
+  if (!one) return NULL;
+  sse_id_cache_t *c = &sw->id_cache;
+  if (c->line && c->seq == seq && strcmp(c->topic, one->name) == 0 &&
+      strcmp(c->epoch, epoch) == 0) {
+    *len = c->len;
+    return c->line;
+  }
+  sse_id_cache_clear(c);
+  size_t n;
+  char *line = sse_id_line(s, &n);
+  char *topic = strdup(one->name), *ep = strdup(epoch);
+  if (!line || !topic || !ep) {
+    free(line);
+    free(topic);
+    free(ep);
+    return NULL;
+  }
+  c->topic = topic;
+  c->epoch = ep;
+  c->seq = seq;
+  c->line = line;
+  c->len = n;
+  *len = n;
+  return line;
+}
+
 /* Writes "id: <cursor>\n" (plus "\n" when `alone`, an id-only block).
  * 0, or the conn_write error (MW_ELIMIT: on_overflow ran). A cursor that
  * cannot be built (no position known, or longer than a cursor may be) is
  * left out: the client keeps its previous id. */
 static int sse_write_id(sse_stream_t *s, int alone) {
-  char *cursor = tp_cursor(s->host, s->client, &s->topics);
-  if (!cursor) return 0;
-  size_t n = strlen(cursor);
-  char *line = malloc(n + 6);
-  if (!line) {
-    free(cursor);
-    return 0;
-  }
-  memcpy(line, "id: ", 4);
-  memcpy(line + 4, cursor, n);
-  line[4 + n] = '\n';
-  line[5 + n] = '\n';
-  int rc = s->host->conn_write(s->conn, line, n + (alone ? 6 : 5), 0);
+  size_t n;
+  const char *cached = sse_id_cached(s, &n);
+  if (cached) return s->host->conn_write(s->conn, cached, alone ? n : n - 1, 0);
+  char *line = sse_id_line(s, &n);
+  if (!line) return 0;
+  int rc = s->host->conn_write(s->conn, line, alone ? n : n - 1, 0);
   free(line);
-  free(cursor);
   return rc;
 }
 
@@ -540,6 +615,7 @@ static void sse_worker_stop(void *wstate) {
     sse_close(s, "going away");
   }
   uv_timer_stop(&sw->heartbeat);
+  sse_id_cache_clear(&sw->id_cache);
   uv_close((uv_handle_t *)&sw->heartbeat, sse_worker_freed);
 }
 
