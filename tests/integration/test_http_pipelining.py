@@ -126,6 +126,32 @@ def check_in_order(test, resps, traces, first_seq=None):
     return seqs
 
 
+def publishes_then_upgrade(topic, traces):
+    """One write: a publish per trace id, a WebSocket Upgrade, and a
+    subscribe frame to `topic` (id "s") right behind it."""
+    sub = RawWS.frame(0x1, json.dumps({"type": "subscribe", "id": "s",
+                                       "topics": [topic]}).encode())
+    return (b"".join(publish_req(topic, t) for t in traces) +
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n" + sub)
+
+
+def expect_answers_then_ws(test, ws, traces):
+    """After publishes_then_upgrade: the publishes answered in order, then
+    the 101; what follows is WebSocket, starting with the subscribe's ack
+    (the frame was handed over with the connection)."""
+    c = Conn.__new__(Conn)
+    c.sock, c.buf = ws.sock, b""
+    resps = c.responses(len(traces) + 1)
+    check_in_order(test, resps[:-1], traces, first_seq=1)
+    test.assertEqual(resps[-1][0], 101, resps[-1])
+    ws.buf = c.buf
+    ack = ws.recv_json(10)
+    test.assertEqual((ack["type"], ack["id"]), ("ack", "s"), ack)
+
+
 class PipelineChecks:
     """Tests shared by both storages (self.srv is the server)."""
 
@@ -183,22 +209,8 @@ class PipelineChecks:
         traces = [f"up-{i}" for i in range(5)]
         ws = RawWS(self.srv.port, handshake=False)
         try:
-            sub = RawWS.frame(0x1, json.dumps({"type": "subscribe", "id": "s",
-                                               "topics": [topic]}).encode())
-            ws.sock.sendall(b"".join(publish_req(topic, t) for t in traces) +
-                            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                            b"Connection: Upgrade\r\n"
-                            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                            b"Sec-WebSocket-Version: 13\r\n\r\n" + sub)
-            c = Conn.__new__(Conn)
-            c.sock, c.buf = ws.sock, b""
-            resps = c.responses(6)
-            check_in_order(self, resps[:5], traces, first_seq=1)
-            self.assertEqual(resps[5][0], 101, resps[5])
-            # What follows the 101 is WebSocket: the subscribe was handed over.
-            ws.buf = c.buf
-            ack = ws.recv_json(10)
-            self.assertEqual((ack["type"], ack["id"]), ("ack", "s"), ack)
+            ws.sock.sendall(publishes_then_upgrade(topic, traces))
+            expect_answers_then_ws(self, ws, traces)
             after = self.srv.publish(topic, "AFTER")["seq"]
             # Events published in the same loop turn as the subscribe may
             # reach it too (fan-out is asynchronous); AFTER must.
@@ -437,27 +449,14 @@ class RedisPipelining(PipelineChecks, mwtest.DumpOnFailure):
         ws = RawWS(self.srv.port, handshake=False)
         self.redis_cmd("CLIENT", "PAUSE", "20000", "WRITE")
         try:
-            sub = RawWS.frame(0x1, json.dumps({"type": "subscribe", "id": "s",
-                                               "topics": [topic]}).encode())
-            ws.sock.sendall(b"".join(publish_req(topic, t) for t in traces) +
-                            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                            b"Connection: Upgrade\r\n"
-                            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                            b"Sec-WebSocket-Version: 13\r\n\r\n" + sub)
+            ws.sock.sendall(publishes_then_upgrade(topic, traces))
             # The publishes are in flight; the Upgrade is parsed, not dispatched.
             wait_for(lambda: count() >= 3, 10, what="three publishes dispatched")
             self.assertEqual(count(), 3)
         finally:
             self.redis_cmd("CLIENT", "UNPAUSE")
         try:
-            c = Conn.__new__(Conn)
-            c.sock, c.buf = ws.sock, b""
-            resps = c.responses(4)
-            check_in_order(self, resps[:3], traces, first_seq=1)
-            self.assertEqual(resps[3][0], 101, resps[3])
-            ws.buf = c.buf
-            ack = ws.recv_json(10)
-            self.assertEqual((ack["type"], ack["id"]), ("ack", "s"), ack)
+            expect_answers_then_ws(self, ws, traces)
         finally:
             ws.close()
 
