@@ -591,25 +591,36 @@ def raw_http(port, data, timeout=10.0, read_all=True, responses=None):
         s.close()
 
 
+def parse_response(buf, head_only=False):
+    """One complete HTTP/1.1 response (Content-Length framed) from the front
+    of buf -> ((status, headers{lower}, body bytes), rest), or None if it is
+    not all there yet. `head_only`: the answer to a HEAD (no body); a 101
+    has none either."""
+    head, sep, rest = buf.partition(b"\r\n\r\n")
+    if not sep:
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    n = 0 if head_only or status == 101 else int(headers.get("content-length", "0"))
+    if len(rest) < n:
+        return None
+    return (status, headers, rest[:n]), rest[n:]
+
+
 def split_responses(data):
     """Splits raw HTTP/1.1 responses (Content-Length framed) ->
     [(status, headers{lower}, body bytes)]."""
     out = []
     while data:
-        head, sep, rest = data.partition(b"\r\n\r\n")
-        if not sep:
-            raise AssertionError(f"incomplete response head: {data[:200]!r}")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        headers = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
-        n = int(headers.get("content-length", "0"))
-        if len(rest) < n:
-            raise AssertionError(f"incomplete body: {rest!r}")
-        out.append((status, headers, rest[:n]))
-        data = rest[n:]
+        got = parse_response(data)
+        if got is None:
+            raise AssertionError(f"incomplete response: {data[:200]!r}")
+        out.append(got[0])
+        data = got[1]
     return out
 
 

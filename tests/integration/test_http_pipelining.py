@@ -38,24 +38,6 @@ def get_req(path, method="GET"):
     return f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
 
 
-def parse_one(buf, head_only=False):
-    """One complete response from the front of buf -> ((status, headers,
-    body), rest), or None if incomplete."""
-    head, sep, rest = buf.partition(b"\r\n\r\n")
-    if not sep:
-        return None
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    headers = {}
-    for line in lines[1:]:
-        k, _, v = line.partition(":")
-        headers[k.strip().lower()] = v.strip()
-    n = 0 if head_only or status == 101 else int(headers.get("content-length", "0"))
-    if len(rest) < n:
-        return None
-    return (status, headers, rest[:n]), rest[n:]
-
-
 class Conn:
     """A raw keep-alive connection reading responses incrementally."""
 
@@ -71,7 +53,7 @@ class Conn:
         out = []
         deadline = time.monotonic() + timeout
         while len(out) < n:
-            got = parse_one(self.buf, len(out) in head_only_at)
+            got = mwtest.parse_response(self.buf, len(out) in head_only_at)
             if got:
                 out.append(got[0])
                 self.buf = got[1]
