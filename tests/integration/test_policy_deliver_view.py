@@ -14,14 +14,12 @@ with a deadline or a blocking call with a timeout.
 """
 import asyncio
 import json
-import os
-import shutil
-import tempfile
 import unittest
 
 import websockets
 
-from mwtest import ServerTestCase, run_async, ws_recv, ws_subscribe
+from mwtest import run_async, ws_subscribe
+from test_policy import PolicyCase, recv_raw_event
 
 POLICY = r'''
 function on_connect(req)
@@ -63,34 +61,9 @@ def connect(srv, token):
         ping_interval=None, open_timeout=10, close_timeout=5)
 
 
-async def recv_raw_event(ws, timeout=5.0):
-    """The next event frame as received (the text, unparsed)."""
-    while True:
-        raw = await asyncio.wait_for(ws.recv(), timeout)
-        if json.loads(raw).get("type") == "event":
-            return raw
-
-
-class DeliverView(ServerTestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.policy_dir = tempfile.mkdtemp(prefix="mw-view-")
-        path = os.path.join(cls.policy_dir, "policy.lua")
-        with open(path, "w") as f:
-            f.write(POLICY)
-        cls.SERVER_FLAGS = ["--workers", "1", "--policy", path]
-        try:
-            super().setUpClass()
-        except BaseException:
-            shutil.rmtree(cls.policy_dir, ignore_errors=True)
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            super().tearDownClass()
-        finally:
-            shutil.rmtree(cls.policy_dir, ignore_errors=True)
+class DeliverView(PolicyCase):
+    POLICY_INLINE = POLICY
+    EXTRA_FLAGS = ("--workers", "1")
 
     def test_writes_stay_with_their_recipient(self):
         data = {"secret": "s3", "list": [1, 2], "n": 1}
