@@ -161,7 +161,10 @@ int mw__event_seal(mw_event_t *ev, uint64_t seq, const char *epoch) {
 mw_event_t *mw__event_ephemeral(const char *type, const char *topic,
                                 const char *name, json_t *data) {
   mw_event_t *ev = mw__event_draft(topic, name, NULL, data);
-  if (encode_wire((event_impl_t *)ev, type, 0, NULL)) mw_oom();
+  if (encode_wire((event_impl_t *)ev, type, 0, NULL)) {
+    mw_event_unref(&ev); /* data nested too deep, or not UTF-8 */
+    return NULL;
+  }
   return ev; /* seq 0, no epoch: never stored, never recovered */
 }
 
@@ -181,7 +184,7 @@ int mw__event_parse(const char *json, size_t len, const char *epoch,
       json_is_object(data)) {
     *out = mw__event_ephemeral("presence", topic, name, json_incref(data));
     json_decref(root);
-    return 0;
+    return *out ? 0 : MW_EINVAL;
   }
   if (!type || strcmp(type, "event") || !topic || !name ||
       !json_is_integer(seq) || json_integer_value(seq) < 1 ||

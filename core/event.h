@@ -18,7 +18,8 @@ int mw__event_seal(mw_event_t *ev, uint64_t seq, const char *epoch);
 
 /* A message that is not stored and has no seq (presence join/leave): the
  * wire forms are {"type":type,"topic","event":name,"data"}, encoded now.
- * One reference; takes ownership of `data`. */
+ * One reference; takes ownership of `data`. NULL if it cannot be encoded
+ * (data nested deeper than MW_CODEC_MAX_DEPTH, a string not UTF-8). */
 mw_event_t *mw__event_ephemeral(const char *type, const char *topic,
                                 const char *name, json_t *data);
 

@@ -204,6 +204,7 @@ static void presence_event(mw_client_t *c, const char *topic,
   if (c->ident.tenant_id)
     json_object_set_new(data, "tenant_id", json_string(c->ident.tenant_id));
   mw_event_t *ev = mw__event_ephemeral("presence", topic, kind, data);
+  if (!ev) return; /* cannot happen: a valid topic, strings from jansson */
   const mw_storage_v1_t *st = mw__storage();
   if (!st->broadcast || st->broadcast(mw__storage_wstate(c->worker), ev) != 0)
     mw__server_fanout(ev); /* at least this node */

@@ -153,6 +153,29 @@ static void test_ephemeral_envelope(void **state) {
   mw_event_unref(&ev);
 }
 
+/* A presence message from another node (a Redis reply: hostile) whose
+ * data is nested too deep for msgpack is refused, not a crash. */
+static void test_parse_presence_too_deep(void **state) {
+  char msg[512];
+  int n = snprintf(msg, sizeof msg,
+                   "{\"type\":\"presence\",\"topic\":\"t\",\"event\":"
+                   "\"join\",\"data\":{\"x\":");
+  for (int i = 0; i < 40; i++)
+    msg[n++] = '[';
+  for (int i = 0; i < 40; i++)
+    msg[n++] = ']';
+  memcpy(msg + n, "}}", 3);
+  mw_event_t *ev = NULL;
+  assert_int_equal(mw__event_parse(msg, strlen(msg), "ep", &ev), MW_EINVAL);
+  assert_null(ev);
+  /* The same message, shallow, is a presence message. */
+  const char *ok = "{\"type\":\"presence\",\"topic\":\"t\",\"event\":"
+                   "\"join\",\"data\":{\"x\":[[1]]}}";
+  assert_int_equal(mw__event_parse(ok, strlen(ok), "ep", &ev), 0);
+  assert_non_null(ev);
+  mw_event_unref(&ev);
+}
+
 static void test_seal_rejects_seq_zero(void **state) {
   mw_event_t *ev = mw__event_draft("t", "E", NULL, NULL);
   assert_int_equal(mw__event_seal(ev, 0, "ep"), MW_EINVAL);
@@ -213,6 +236,7 @@ int main(void) {
       cmocka_unit_test(test_wire_buffers_fit),
       cmocka_unit_test(test_ephemeral_envelope),
       cmocka_unit_test(test_json_text_invalid_utf8),
+      cmocka_unit_test(test_parse_presence_too_deep),
       cmocka_unit_test(test_seal_rejects_seq_zero),
       cmocka_unit_test(test_parse_roundtrip),
       cmocka_unit_test(test_parse_rejects_bad_input),
